@@ -1,0 +1,34 @@
+"""Shared pytest fixtures: where the third-party data lives, and skipping when it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MTVJAX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"third-party data not found at {path} (set MTVJAX_SHARED_DATA to its folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` next to the repository; skips the test when it is absent."""
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def mtvcrafter_sample(shared_data) -> Path:
+    """The NLF motion sample released with MTVCrafter (3 clips, videos, mean/std)."""
+    return _require(shared_data / "mtvcrafter_sample")
+
+
+@pytest.fixture(scope="session")
+def cmu_bvh(shared_data) -> Path:
+    """24 CMU motion-capture BVH files retargeted to a CC_Base rig."""
+    return _require(shared_data / "cmu_bvh")
