@@ -1,0 +1,37 @@
+"""The `mtvjax` command: `mtvjax SUBCOMMAND [flags]`, one module per subcommand.
+
+Each subcommand module under `mtvjax.commands` defines its absl flags at import time and a
+`main(argv)`; only the chosen one is imported, so flags of different subcommands never clash.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": "Train a model from a config (`--config configs/4dmot.py:tiny --workdir DIR`).",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mtvjax SUBCOMMAND [flags]   (mtvjax SUBCOMMAND --help for its flags)", ""]
+    lines += [f"  {name:<10} {text}" for name, text in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    name = argv[1]
+    if name not in SUBCOMMANDS:
+        print(f"mtvjax: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    from absl import app
+    module = importlib.import_module(f"mtvjax.commands.{name}")
+    app.run(module.main, argv=[f"mtvjax {name}"] + argv[2:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""4DMoT train state, optimiser and the pure train/eval steps.
+
+`train_step(state, batch, rng) -> (state, metrics)` is a pure function, jitted by the trainer:
+encode → (first batch only) fill the codebook → quantise with straight-through gradients →
+decode → L1 + β·commitment → AdamW on the encoder/decoder → EMA update and periodic dead-code
+reset of the quantizer state. Motion enters in millimetres; normalisation uses the statistics
+stored in the state, so a checkpoint is self-contained.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtvjax.evaluate.metrics import code_histogram, mpjpe, perplexity
+from mtvjax.models import quantizer as vq
+from mtvjax.models.fourdmot import FourDMoT
+from mtvjax.models.normalization import denormalize, normalize
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jnp.ndarray
+    params: Any
+    opt_state: Any
+    quantizer: dict           # the `quantizer` collection (codebook, EMA sums/counts, counters)
+    stats: dict               # {'mean', 'std'} [24, 3] normalisation statistics, millimetres
+    rng: jax.Array            # root key; step keys are fold_in(rng, step)
+    skipped_samples: jnp.ndarray  # samples replaced by the loader so far
+
+
+def build_model(model_config) -> FourDMoT:
+    return FourDMoT(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                       for k, v in model_config.items()})
+
+
+def quantizer_settings(config) -> vq.QuantizerSettings:
+    q = config.quantizer
+    return vq.QuantizerSettings(decay=q.decay, dead_threshold=q.dead_threshold,
+                                reset_every=q.reset_every, init_noise=q.init_noise)
+
+
+def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
+    """Warm-up, the base rate, then the final rate for the last `final_fraction` of training."""
+    decay_start = int(round(num_steps * (1.0 - optim_config.final_fraction)))
+    warmup = optim_config.warmup_steps
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, optim_config.learning_rate, max(warmup, 1)),
+         optax.constant_schedule(optim_config.learning_rate),
+         optax.constant_schedule(optim_config.final_learning_rate)],
+        boundaries=[warmup, max(decay_start, warmup)])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    o = config.optim
+    adamw = optax.adamw(learning_rate_schedule(o, config.train.num_steps), b1=o.b1, b2=o.b2,
+                        weight_decay=o.weight_decay)
+    if o.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+    return adamw
+
+
+def init_state(config, model: FourDMoT, tx, stats: dict, rng: jax.Array) -> TrainState:
+    """Fresh state; pure in its inputs, so `jax.eval_shape(init_state, ...)` gives its structure."""
+    init_rng, root = jax.random.split(rng)
+    dummy = jnp.zeros((1, model.window_frames, 24, model.coord_dim), jnp.float32)
+    variables = model.init(init_rng, dummy)
+    params = variables["params"]
+    return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
+                      quantizer=variables[vq.COLLECTION]["codebook"],
+                      stats={k: jnp.asarray(v, jnp.float32) for k, v in stats.items()},
+                      rng=root, skipped_samples=jnp.array(0, jnp.int32))
+
+
+def forward(model: FourDMoT, params, codebook, motion_mm, stats, differential: bool):
+    """Normalise, encode, quantise and decode; the pieces a loss or an evaluation needs."""
+    x, first = normalize(motion_mm, stats["mean"], stats["std"], differential)
+    z = model.apply({"params": params}, x, method=FourDMoT.encode)
+    q, indices, commitment = vq.quantize(codebook, z)
+    recon = model.apply({"params": params}, q, method=FourDMoT.decode)
+    return {"input": x, "first": first, "z": z, "indices": indices, "commitment": commitment,
+            "recon": recon}
+
+
+def make_train_step(config, model: FourDMoT, tx):
+    settings = quantizer_settings(config)
+    beta, differential = config.quantizer.beta, config.normalization.differential
+    schedule = learning_rate_schedule(config.optim, config.train.num_steps)
+    k = config.model.codebook_size
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        init_rng, reset_rng = jax.random.split(rng)
+
+        def loss_fn(params):
+            x, _ = normalize(batch["motion"], state.stats["mean"], state.stats["std"], differential)
+            z = model.apply({"params": params}, x, method=FourDMoT.encode)
+            flat = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1])
+            qstate = vq.initialize_from_batch(state.quantizer, flat, init_rng, settings)
+            q, indices, commitment = vq.quantize(qstate["codebook"], z)
+            recon = model.apply({"params": params}, q, method=FourDMoT.decode)
+            l1 = jnp.mean(jnp.abs(recon - x))
+            return l1 + beta * commitment, (qstate, z, indices, l1, commitment)
+
+        (loss, (qstate, z, indices, l1, commitment)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        qstate, qmetrics = vq.update_state(qstate, z, indices, reset_rng, settings)
+        histogram = code_histogram(indices, k)
+        metrics = {"loss": loss, "recon": l1, "commit": commitment,
+                   "perplexity": perplexity(histogram), "lr": schedule(state.step),
+                   "grad_norm": optax.global_norm(grads), "code_histogram": histogram, **qmetrics}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  quantizer=qstate,
+                                  skipped_samples=state.skipped_samples + batch["skipped"].sum())
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(config, model: FourDMoT):
+    """`eval_step(state, batch) -> metrics` with the current codebook, no state change."""
+    differential = config.normalization.differential
+    k = config.model.codebook_size
+
+    def eval_step(state: TrainState, batch: dict):
+        out = forward(model, state.params, state.quantizer["codebook"], batch["motion"],
+                      state.stats, differential)
+        recon_mm = denormalize(out["recon"], state.stats["mean"], state.stats["std"],
+                               out["first"], differential)
+        return {"recon": jnp.mean(jnp.abs(out["recon"] - out["input"])),
+                "commit": out["commitment"], "mpjpe_mm": mpjpe(recon_mm, batch["motion"]),
+                "code_histogram": code_histogram(out["indices"], k)}
+
+    return eval_step
