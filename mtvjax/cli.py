@@ -10,6 +10,7 @@ import sys
 
 SUBCOMMANDS = {
     "train": "Train a model from a config (`--config configs/4dmot.py:tiny --workdir DIR`).",
+    "convert": "Convert released PyTorch weights (`4dmot --src FILE.pt --dst DIR --mean M --std S`).",
 }
 
 

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Compiled XLA programs are cached on disk for the whole session (subprocesses included):
+# tests that rebuild the same tiny model recompile nothing.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "mtvjax-test-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MTVJAX_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -32,3 +40,10 @@ def mtvcrafter_sample(shared_data) -> Path:
 def cmu_bvh(shared_data) -> Path:
     """24 CMU motion-capture BVH files retargeted to a CC_Base rig."""
     return _require(shared_data / "cmu_bvh")
+
+
+
+def load_config(path: str, variant: str):
+    """`get_config(variant)` of a file under configs/."""
+    from mtvjax.config import load_config as load
+    return load(f"{REPO_ROOT / 'configs' / path}:{variant}")

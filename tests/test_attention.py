@@ -297,5 +297,6 @@ def test_split_heads_layouts():
     for h in range(3):
         for j in range(5):
             r = h * 5 + j
-            np.testing.assert_array_equal(scrambled[:, j, h], np.asarray(x)[:, r // 3,
-                                                                          (r % 3) * 2:(r % 3) * 2 + 2])
+            chunk = (r % 3) * 2
+            np.testing.assert_array_equal(scrambled[:, j, h],
+                                          np.asarray(x)[:, r // 3, chunk:chunk + 2])

@@ -131,6 +131,11 @@ class ApplyRopeTest(chex.TestCase):
             ref = R.apply_rope(x.astype(jnp.float32), table, layout).astype(jnp.bfloat16)
             chex.assert_trees_all_close(out.astype(jnp.float32), ref.astype(jnp.float32),
                                         atol=1e-2, rtol=1e-2)
+        rounded = table.astype(jnp.bfloat16)  # the 7B pipeline's bf16 tables
+        assert rounded.cos.dtype == jnp.bfloat16
+        out = R.apply_rope(x.astype(jnp.float32), rounded)
+        assert out.dtype == jnp.float32
+        chex.assert_trees_all_close(out, R.apply_rope(x.astype(jnp.float32), table), atol=3e-2)
 
     def test_batched_table(self):
         tables = [R.rope_table_1d(np.arange(5) + s, 8) for s in (0, 7)]
@@ -218,7 +223,8 @@ def test_vision_band_layout(family):
         moved = list(base)
         moved[axis] += 1
         r0, r1 = row(*base), row(*moved)
-        changed = ~np.isclose(table.cos[r0], table.cos[r1]) | ~np.isclose(table.sin[r0], table.sin[r1])
+        changed = (~np.isclose(table.cos[r0], table.cos[r1])
+                   | ~np.isclose(table.sin[r0], table.sin[r1]))
         expected = np.zeros(head_dim // 2, bool)
         expected[slices[axis]] = True
         np.testing.assert_array_equal(changed, expected)
@@ -254,7 +260,8 @@ def test_wan_vision_matches_torch_complex_table():
     ft, fh, fw = freqs.split([c - 2 * (c // 3), c // 3, c // 3], dim=1)
     grid = torch.cat([ft[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
                       fh[:h].view(1, h, 1, -1).expand(f, h, w, -1),
-                      fw[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1).reshape(f * h * w, 1, -1)
+                      fw[:w].view(1, 1, w, -1).expand(f, h, w, -1)], dim=-1)
+    grid = grid.reshape(f * h * w, 1, -1)
     x = torch.randn(1, f * h * w, 2, head_dim)
     ref = torch.view_as_real(torch.view_as_complex(
         x.to(torch.float64).reshape(1, f * h * w, 2, -1, 2)) * grid).flatten(3).float()
@@ -280,10 +287,12 @@ def test_centred_joints_match_doc(mtvcrafter_sample):
 def test_motion_table_frame_major_and_bands(family):
     frames, mean = 3, _random_mean(2)
     if family == "cogvideox":
-        head_dim, table, bands = 64, R.cogvideox_motion_rope(frames, mean), R.cogvideox_motion_band_dims()
+        head_dim, bands = 64, R.cogvideox_motion_band_dims()
+        table = R.cogvideox_motion_rope(frames, mean)
         vision = R.cogvideox_vision_rope(frames, 2, 2)
     else:
-        head_dim, table, bands = 128, R.wan_motion_rope(frames, mean), R.wan_motion_band_dims()
+        head_dim, bands = 128, R.wan_motion_band_dims()
+        table = R.wan_motion_rope(frames, mean)
         vision = R.wan_vision_rope(frames, 2, 2)
     chex.assert_shape(table.cos, (frames * 24, head_dim // 2))
     centred = R.centre_joint_positions(mean)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtvjax.data.safe_pickle import load_pickle
+from mtvjax.data.safe_pickle import UnsafePickleError, load_pickle
 from mtvjax.data.skeleton import NUM_JOINTS
 
 MOTION_SUFFIXES = (".pkl", ".npy", ".npz")
@@ -89,7 +89,7 @@ def read_clips(path: str | os.PathLike) -> list[MotionClip]:
             return _clips_from_pickle(path)
         if path.suffix in (".npy", ".npz"):
             return _clips_from_array_file(path)
-    except MotionFormatError:
+    except (MotionFormatError, UnsafePickleError):
         raise
     except Exception as e:  # noqa: BLE001 - unreadable content becomes one error naming the file
         raise MotionFormatError(path, f"cannot read motion ({type(e).__name__}: {e})") from e
@@ -115,7 +115,7 @@ def load_clips(path: str | os.PathLike, min_frames: int = 1, skip_bad: bool = Fa
     for file in motion_files(path):
         try:
             file_clips = read_clips(file)
-        except (MotionFormatError, OSError) as e:
+        except (MotionFormatError, UnsafePickleError, OSError) as e:
             if not skip_bad:
                 raise
             errors.append(str(e))

@@ -15,7 +15,8 @@ the same signature, then naming it in the model config (`Attention(implementatio
 
     @register_attention_implementation("splash")
     def splash(q, k, v, *, bias=None, mask=None, scale=None):
-        ...  # transpose to [batch, heads, seq, head_dim], scale q, vmap the splash kernel, transpose back
+        # to [batch, heads, seq, head_dim], scale q, vmap the splash kernel, transpose back
+        ...
         return out  # [batch, q_seq, heads, head_dim]
 
 The registry is read at trace time, so registration must happen before the first jit trace.
@@ -75,7 +76,8 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, scale: float | None 
     `[batch, heads, q_seq, kv_seq]`. `implementation` names a registered kernel (module docstring).
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"expected [batch, seq, heads, head_dim], got {q.shape}, {k.shape}, {v.shape}")
+        raise ValueError("expected [batch, seq, heads, head_dim], got "
+                         f"{q.shape}, {k.shape}, {v.shape}")
     return get_attention_implementation(implementation)(q, k, v, bias=bias, mask=mask, scale=scale)
 
 
@@ -180,8 +182,9 @@ class Attention(nn.Module):
 
     Projections are Dense layers with torch-mirroring names (`PROJECTION_NAMES[naming]`); the
     optional QK norms are `norm_q` / `norm_k`, with a `scale` (torch `weight`) and, for LayerNorm,
-    a `bias`. Order: project → full-width QK norm → head split → per-head QK norm → RoPE → SDPA →
-    merge heads (channel = head·head_dim + i) → output projection. v is never normed or rotated.
+    a `bias`. Order: project → full-width QK norm → head split → per-head QK norm → RoPE →
+    SDPA → merge heads (channel = head·head_dim + i) → output projection. v is never normed or
+    rotated.
 
     Attributes:
       qk_norm: None, "layer_norm" or "rms_norm".
@@ -219,7 +222,8 @@ class Attention(nn.Module):
 
     def _norm(self, name):
         if self.qk_norm not in QK_NORMS:
-            raise ValueError(f"unknown qk_norm {self.qk_norm!r}; expected one of {sorted(QK_NORMS)}")
+            raise ValueError(f"unknown qk_norm {self.qk_norm!r}; "
+                             f"expected one of {sorted(QK_NORMS)}")
         return QK_NORMS[self.qk_norm](epsilon=self.qk_norm_eps, param_dtype=self.param_dtype,
                                       name=name)
 
@@ -274,7 +278,7 @@ class Attention(nn.Module):
 
 
 def split_heads(x, num_heads: int, heads_major: bool = False):
-    """`[B, S, n·d]` → `[B, S, n, d]`; `heads_major` reads each row's memory as `[n, S, d]` first."""
+    """`[B, S, n·d]` → `[B, S, n, d]`; `heads_major` reads each row's memory as `[n, S, d]`."""
     batch, seq, width = x.shape
     head_dim = width // num_heads
     if heads_major:
@@ -292,8 +296,9 @@ def cogvideox_attention(num_heads: int, head_dim: int = 64, **kwargs) -> Attenti
 
 def wan_attention(num_heads: int, head_dim: int = 128, *, motion: bool = False,
                   **kwargs) -> Attention:
-    """MV-DiT-17B self_attn / motion_attn (17B §2.3, §4): biased q/k/v/o, RMSNorm eps 1e-6 over the
-    full width on q and k, interleaved RoPE; `motion=True` adds the released heads-major key split."""
+    """MV-DiT-17B self_attn / motion_attn (17B §2.3, §4): biased q/k/v/o, RMSNorm eps 1e-6 over
+    the full width on q and k, interleaved RoPE; `motion=True` adds the released heads-major key
+    split."""
     defaults = dict(qk_norm="rms_norm", qk_norm_scope="full", qk_norm_eps=1e-6, naming="wan",
                     rope_layout=INTERLEAVED, key_head_layout="heads_major" if motion else "natural")
     return Attention(num_heads=num_heads, head_dim=head_dim, **{**defaults, **kwargs})

@@ -44,8 +44,14 @@ class RopeTable(NamedTuple):
     def head_dim(self) -> int:
         return 2 * self.cos.shape[-1]
 
-    def __len__(self) -> int:  # number of positions (tokens)
+    @property
+    def num_positions(self) -> int:
         return self.cos.shape[-2]
+
+    def astype(self, dtype) -> "RopeTable":
+        """Rounds the table, e.g. to bfloat16 as the 7B pipeline does (7B §4 "Precision");
+        `apply_rope` still rotates in float32."""
+        return RopeTable(self.cos.astype(dtype), self.sin.astype(dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,7 +73,7 @@ def rope_inv_freq(dim: int, theta: float = DEFAULT_THETA, dtype=np.float32) -> n
 
 
 def rope_angles(positions, dim: int, theta: float = DEFAULT_THETA, dtype=np.float32) -> np.ndarray:
-    """`[n, dim // 2]` angles `pos * inv_freq`: positions, frequencies and product all in `dtype`."""
+    """`[n, dim // 2]` angles `pos * inv_freq`; positions, frequencies and product in `dtype`."""
     pos = np.asarray(positions).astype(dtype).reshape(-1)
     return np.outer(pos, rope_inv_freq(dim, theta, dtype)).astype(dtype)
 
@@ -87,7 +93,8 @@ def rope_table_nd(positions, band_dims: Sequence[int], theta: float = DEFAULT_TH
                   compute_dtype=np.float32) -> RopeTable:
     """Concatenated bands: band a has width `band_dims[a]` and rotates with `positions[:, a]`.
 
-    `positions` is `[seq, len(band_dims)]`; the result has `sum(band_dims) // 2` pairs, band 0 first.
+    `positions` is `[seq, len(band_dims)]`; the result has `sum(band_dims) // 2` pairs, band 0
+    first.
     """
     positions = np.asarray(positions)
     if positions.ndim != 2 or positions.shape[1] != len(band_dims):
@@ -109,9 +116,9 @@ def pad_rope_table(table: RopeTable, length: int) -> RopeTable:
 
     Wan leaves tokens beyond f·h·w (sequence padding up to seq_len) unrotated (17B §5.1).
     """
-    extra = length - len(table)
+    extra = length - table.num_positions
     if extra < 0:
-        raise ValueError(f"table has {len(table)} rows, more than {length}")
+        raise ValueError(f"table has {table.num_positions} rows, more than {length}")
     pad = [(0, 0)] * (np.ndim(table.cos) - 2) + [(0, extra), (0, 0)]
     return RopeTable(np.pad(np.asarray(table.cos), pad, constant_values=1.0),
                      np.pad(np.asarray(table.sin), pad, constant_values=0.0))
@@ -127,7 +134,8 @@ def _check_layout(layout: str) -> None:
         raise ValueError(f"unknown RoPE layout {layout!r}; expected one of {LAYOUTS}")
 
 
-def rope_table_to_full(table: RopeTable, layout: str = INTERLEAVED) -> tuple[np.ndarray, np.ndarray]:
+def rope_table_to_full(table: RopeTable,
+                       layout: str = INTERLEAVED) -> tuple[np.ndarray, np.ndarray]:
     """Full-width `[seq, head_dim]` cos/sin, as diffusers' and MTVCrafter's tables store them.
 
     interleaved: each frequency in two adjacent columns (repeat-interleave, 7B §4, 17B §5.2);
@@ -156,7 +164,7 @@ def rope_table_from_full(cos, sin, layout: str = INTERLEAVED) -> RopeTable:
 
 
 def _table_for(x: jnp.ndarray, a) -> jnp.ndarray:
-    """Broadcasts a `[seq, P]` or `[batch, seq, P]` table against `x` of `[batch, seq, heads, 2P]`."""
+    """Broadcasts a `[seq, P]` or `[batch, seq, P]` table against `[batch, seq, heads, 2P]`."""
     a = jnp.asarray(a)
     if a.ndim == 2:
         return a[None, :, None, :]
@@ -206,14 +214,15 @@ def grid_positions(num_frames: int, height: int, width: int) -> np.ndarray:
 
 
 def cogvideox_vision_band_dims(head_dim: int = 64) -> tuple[int, int, int]:
-    """7B vision bands [t | h | w] = [head_dim/4 | 3·head_dim/8 | 3·head_dim/8]: 16/24/24 at 64 (7B §4)."""
+    """7B vision bands [t | h | w] = [d/4 | 3·d/8 | 3·d/8]: 16/24/24 at head_dim 64 (7B §4)."""
     if head_dim % 16:
         raise ValueError(f"7B vision RoPE needs head_dim % 16 == 0, got {head_dim}")
     return head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3
 
 
 def wan_vision_band_dims(head_dim: int = 128) -> tuple[int, int, int]:
-    """Wan vision bands [t | h | w] = [d − 4⌊d/6⌋ | 2⌊d/6⌋ | 2⌊d/6⌋]: 44/42/42 at 128 (17B §5.1)."""
+    """Wan vision bands [t | h | w] = [d − 4⌊d/6⌋ | 2⌊d/6⌋ | 2⌊d/6⌋]: 44/42/42 at 128
+    (17B §5.1)."""
     if head_dim % 2:
         raise ValueError(f"head_dim must be even, got {head_dim}")
     hw = 2 * (head_dim // 6)
@@ -233,7 +242,8 @@ def cogvideox_vision_rope(num_frames: int, grid_h: int, grid_w: int, head_dim: i
                           theta: float = DEFAULT_THETA) -> RopeTable:
     """MV-DiT-7B vision table (7B §4 "Vision table"): θ = 10000, bands 16/24/24 at head_dim 64,
     plain integer positions (no 45×30 base-crop mapping), float32 angles. `grid_h`, `grid_w` are
-    the patch-grid sizes (pixels / 16). [13·32·32, 32] pairs at 49 frames, 512×512."""
+    the patch-grid sizes (pixels / 16). [13·32·32, 32] pairs at 49 frames, 512×512. The official
+    bf16 pipeline rounds the table to bf16 first: `.astype(jnp.bfloat16)` reproduces that."""
     return vision_rope_table(num_frames, grid_h, grid_w, cogvideox_vision_band_dims(head_dim),
                              theta, np.float32)
 
@@ -298,7 +308,8 @@ def motion_rope_table(latent_frames: int, mean, band_dims: Sequence[int],
                       theta: float = DEFAULT_THETA, spatial_scale: float = 1.0) -> RopeTable:
     """4-D table: t band at the latent frame index, x/y/z bands at the centred dataset-mean joint
     positions; float32 positions, frequencies, outer product, cos and sin (7B §4 "Precision",
-    17B §5.2 "Precision"). `spatial_scale` (default 1 = released mm) multiplies x/y/z in float32."""
+    17B §5.2 "Precision"). `spatial_scale` (default 1 = released mm) multiplies x/y/z in
+    float32."""
     joints = centre_joint_positions(mean)
     if spatial_scale != 1.0:
         joints = (joints * np.float32(spatial_scale)).astype(np.float32)
@@ -307,7 +318,8 @@ def motion_rope_table(latent_frames: int, mean, band_dims: Sequence[int],
 
 def cogvideox_motion_rope(latent_frames: int, mean, head_dim: int = 64,
                           theta: float = DEFAULT_THETA) -> RopeTable:
-    """MV-DiT-7B motion table, [M = F·24, head_dim/2]; [312, 32] at 13 frames (7B §4)."""
+    """MV-DiT-7B motion table, [M = F·24, head_dim/2]; [312, 32] at 13 frames (7B §4). Rounded to
+    bf16 by the official bf16 pipeline (`.astype(jnp.bfloat16)`); the 17B keeps float32."""
     return motion_rope_table(latent_frames, mean, cogvideox_motion_band_dims(head_dim), theta)
 
 

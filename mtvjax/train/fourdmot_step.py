@@ -111,7 +111,7 @@ def make_train_step(config, model: FourDMoT, tx):
         histogram = code_histogram(indices, k)
         metrics = {"loss": loss, "recon": l1, "commit": commitment,
                    "perplexity": perplexity(histogram), "lr": schedule(state.step),
-                   "grad_norm": optax.global_norm(grads), "code_histogram": histogram, **qmetrics}
+                   "grad_norm": optax.tree.norm(grads), "code_histogram": histogram, **qmetrics}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   quantizer=qstate,
                                   skipped_samples=state.skipped_samples + batch["skipped"].sum())

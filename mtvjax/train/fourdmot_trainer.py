@@ -54,11 +54,11 @@ class _Preemption:
 class FourDMoTTrainer:
     """Holds what a run compiles once: model, optimiser, mesh, jitted steps."""
 
-    def __init__(self, config):
+    def __init__(self, config, devices=None):
         self.config = config
         self.model = steps.build_model(config.model)
         self.tx = steps.make_optimizer(config)
-        self.mesh = make_mesh(dict(config.mesh))
+        self.mesh = make_mesh(dict(config.mesh), devices)
         self.replicated = replicated(self.mesh)
         self.batch_sharding = named_sharding(self.mesh, ("batch", None, None, None),
                                              config.sharding_rules)
@@ -120,17 +120,16 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
     d, t = config.data, config.train
     if d.batch_size % jax.process_count():
         raise ValueError(f"data.batch_size={d.batch_size} must divide by {jax.process_count()} processes")
-    trainer = FourDMoTTrainer(config)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    source, load_errors = make_source(d, min(d.frame_counts))
-    for error in load_errors:
-        print(f"skipping bad clip: {error}", file=sys.stderr)
-
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None and not config.resume:
         raise FileExistsError(f"{workdir} already holds checkpoints (latest step {latest}); rerun "
                               "with --config.resume=True to continue, or use a new workdir")
+    trainer = FourDMoTTrainer(config)
+    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    source, load_errors = make_source(d, min(d.frame_counts))
+    for error in load_errors:
+        print(f"skipping bad clip: {error}", file=sys.stderr)
     data_iter = make_iterator(trainer.batches(source, d.shuffle_seed, augment=True),
                               d.num_threads, d.prefetch)
     if latest is not None:
@@ -160,14 +159,21 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
                            skipped=int(state.skipped_samples) + len(load_errors))
             writer.write(done, scalars)
             window_hist, window_start, window_steps = 0, time.perf_counter(), 0
-        if done % t.checkpoint_every == 0 or done == t.num_steps or preemption.requested:
-            checkpointer.save(done, state, data_iter, config_json, force=preemption.requested)
-        if preemption.requested:
-            print(f"SIGTERM: checkpointed step {done}, exiting", flush=True)
-            checkpointer.wait()
-            sys.exit(143)
+        stop = preemption.requested or done - start == t.stop_after_steps
+        if done % t.checkpoint_every == 0 or done == t.num_steps or stop:
+            checkpointer.save(done, state, data_iter, config_json, force=stop)
+        if stop:
+            break
     progress.close()
     checkpointer.wait()
+    if int(state.step) < t.num_steps:
+        writer.close()
+        checkpointer.close()
+        reason = "SIGTERM" if preemption.requested else "stop_after_steps"
+        print(f"{reason}: checkpointed step {int(state.step)}, stopping", flush=True)
+        if preemption.requested:
+            sys.exit(143)
+        return state, {}
 
     eval_source = source
     if d.val_path:
