@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from mtvjax.checkpoint.manager import Checkpointer, config_to_json
+from mtvjax.config import load_config
 from mtvjax.data.stats import load_stats
 from mtvjax.train import fourdmot_step as steps
 
@@ -176,13 +176,10 @@ def infer_model_config(shapes: dict, source="state dict", required: bool = True)
 
 
 def load_variant(variant: str) -> ml_collections.ConfigDict:
-    """`get_config(variant)` of configs/4dmot.py (a file, not an importable module)."""
+    """`get_config(variant)` of the repository's configs/4dmot.py."""
     if not CONFIG_FILE.is_file():
         raise FileNotFoundError(f"{CONFIG_FILE} not found; pass a ConfigDict as `variant` instead")
-    spec = importlib.util.spec_from_file_location("mtvjax_config_4dmot", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config(f"{CONFIG_FILE}:{variant}")
 
 
 def resolve_config(shapes: dict, variant, source) -> ml_collections.ConfigDict:

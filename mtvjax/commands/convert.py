@@ -27,7 +27,10 @@ def main(argv):
         raise SystemExit(f"mtvjax convert: expected one model name out of {', '.join(MODELS)}, "
                          f"got {got}")
     from mtvjax.checkpoint.convert_4dmot import convert_4dmot
-    summary = convert_4dmot(FLAGS.src, FLAGS.dst, FLAGS.mean, FLAGS.std, FLAGS.variant or None)
+    try:
+        summary = convert_4dmot(FLAGS.src, FLAGS.dst, FLAGS.mean, FLAGS.std, FLAGS.variant or None)
+    except (OSError, ValueError) as e:  # bad input files: one message, no traceback
+        raise SystemExit(f"mtvjax convert: {e}") from e
     print(f"wrote {summary['dst']} (step 0): {summary['tensors']} tensors, "
           f"{summary['trainable_params']:,} trainable parameters, codebook {summary['codebook']}, "
           f"variant {summary['variant']}")

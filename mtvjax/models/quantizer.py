@@ -102,9 +102,10 @@ def ema_update(state: dict, z_flat: jnp.ndarray, indices: jnp.ndarray,
                settings: QuantizerSettings) -> dict:
     """One EMA step of per-code sums and counts; the codebook becomes sum / count."""
     k = state["codebook"].shape[0]
-    one_hot = jax.nn.one_hot(indices.reshape(-1), k, dtype=jnp.float32)
-    batch_sum = jnp.dot(one_hot.T, z_flat.astype(jnp.float32), precision="highest")
-    batch_count = one_hot.sum(axis=0)
+    indices = indices.reshape(-1)
+    # Scatter-adds, not one-hot matmuls: O(N·D) work instead of O(N·K·D).
+    batch_sum = jax.ops.segment_sum(z_flat.astype(jnp.float32), indices, num_segments=k)
+    batch_count = jax.ops.segment_sum(jnp.ones_like(indices, jnp.float32), indices, num_segments=k)
     decay = settings.decay
     ema_sum = decay * state["ema_sum"] + (1.0 - decay) * batch_sum
     ema_count = decay * state["ema_count"] + (1.0 - decay) * batch_count
