@@ -11,6 +11,9 @@ import sys
 SUBCOMMANDS = {
     "train": "Train a model from a config (`--config configs/4dmot.py:tiny --workdir DIR`).",
     "convert": "Convert released PyTorch weights (`4dmot --src FILE.pt --dst DIR --mean M --std S`).",
+    "tokenize": "Motion file → 4DMoT tokens and reconstruction (`--checkpoint DIR --motion F --out O.npz`).",
+    "eval": "Evaluate from a config (`--config configs/eval_4dmot.py:NAME`).",
+    "viz": "Render motion (`motion --motion F [--recon F] --out O.mp4`) or code usage (`codebook`).",
 }
 
 

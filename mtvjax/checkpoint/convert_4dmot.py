@@ -10,7 +10,6 @@ JSON, so the model can be rebuilt and evaluated from the checkpoint folder alone
 from __future__ import annotations
 
 import copy
-import functools
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -246,13 +245,6 @@ def target_shapes(abstract) -> dict:
     return targets
 
 
-def abstract_state(config, model, tx) -> steps.TrainState:
-    """Shapes and dtypes of `init_state` for this config, without allocating anything."""
-    stats = {"mean": np.zeros((24, 3), np.float32), "std": np.ones((24, 3), np.float32)}
-    return jax.eval_shape(functools.partial(steps.init_state, config, model, tx, stats),
-                          jax.random.PRNGKey(0))
-
-
 def build_state(config, model, tx, arrays: dict, stats: dict) -> steps.TrainState:
     """A `TrainState` with converted params, a fresh optimiser and a filled quantizer."""
     params = traverse_util.unflatten_dict({k[1:]: jnp.asarray(v) for k, v in arrays.items()
@@ -297,7 +289,7 @@ def convert_4dmot(src, dst, mean_path, std_path, variant="released") -> dict:
     stats = load_stats(mean_path, std_path)
 
     model, tx = steps.build_model(config.model), steps.make_optimizer(config)
-    abstract = abstract_state(config, model, tx)
+    abstract = steps.abstract_state(config, model, tx)
     targets = target_shapes(abstract)
     arrays = map_tensors(tensors, targets, name_table(config.model), src)
     state = build_state(config, model, tx, arrays, stats)

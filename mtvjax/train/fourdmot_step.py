@@ -74,6 +74,13 @@ def init_state(config, model: FourDMoT, tx, stats: dict, rng: jax.Array) -> Trai
                       rng=root, skipped_samples=jnp.array(0, jnp.int32))
 
 
+def abstract_state(config, model: FourDMoT, tx) -> TrainState:
+    """Shapes and dtypes of `init_state` for this config, without allocating anything."""
+    stats = {"mean": jnp.zeros((24, 3), jnp.float32), "std": jnp.ones((24, 3), jnp.float32)}
+    return jax.eval_shape(lambda rng: init_state(config, model, tx, stats, rng),
+                          jax.random.PRNGKey(0))
+
+
 def forward(model: FourDMoT, params, codebook, motion_mm, stats, differential: bool):
     """Normalise, encode, quantise and decode; the pieces a loss or an evaluation needs."""
     x, first = normalize(motion_mm, stats["mean"], stats["std"], differential)

@@ -80,10 +80,7 @@ class FourDMoTTrainer:
         return jax.jit(init, out_shardings=self.replicated)(jax.random.PRNGKey(self.config.seed))
 
     def abstract_state(self) -> steps.TrainState:
-        dummy_stats = {"mean": np.zeros((24, 3), np.float32), "std": np.ones((24, 3), np.float32)}
-        init = functools.partial(steps.init_state, self.config, self.model, self.tx, dummy_stats)
-        shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-        return abstract_like(shapes, self.replicated)
+        return abstract_like(steps.abstract_state(self.config, self.model, self.tx), self.replicated)
 
     def device_batch(self, batch: dict) -> dict:
         """Host batch (this process's share) → global arrays sharded over the mesh."""

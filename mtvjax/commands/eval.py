@@ -1,0 +1,28 @@
+"""`mtvjax eval --config configs/eval_4dmot.py:NAME [--config.checkpoint=DIR]`: a JSON report + table."""
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. configs/eval_4dmot.py:sample.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None:
+        raise SystemExit("mtvjax eval: --config is required")
+    from mtvjax.evaluate.tokenizer_eval import evaluate, format_table, write_report
+    config = FLAGS.config
+    try:
+        report = evaluate(config)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"mtvjax eval: {e}") from e
+    path = config.report or os.path.join(config.checkpoint, f"eval_{config.name}.json")
+    write_report(report, path)
+    print(format_table(report))
+    print(f"report: {path}")
