@@ -31,7 +31,11 @@ setup(
     ],
     extras_require={
         "torch": ["torch==2.13.0"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "scipy>=1.11"],
+        # TFDS builder (data_pipeline/tfds_builder.py); TensorFlow itself is not needed.
+        # importlib_resources: imported by tensorflow-datasets but not declared by it on Python >= 3.9.
+        "tfds": ["tensorflow-datasets>=4.9.9", "importlib_resources>=6"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "scipy>=1.11", "diffusers>=0.35",
+                "tensorflow-datasets>=4.9.9", "importlib_resources>=6"],
     },
     entry_points={"console_scripts": ["mtvjax=mtvjax.cli:main"]},
 )

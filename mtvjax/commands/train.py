@@ -15,6 +15,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    from mtvjax.parallel.distributed import initialize_from_env
     from mtvjax.train.fourdmot_trainer import train
+    initialize_from_env()
     _, summary = train(FLAGS.config, FLAGS.workdir)
     print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))

@@ -6,7 +6,9 @@ window per clip; random scale/shift) → prefetching iterator. Every step is a p
 the seed and the element index, so the iterator state is one integer and a restored iterator
 yields exactly the batches an uninterrupted one would.
 
-A source is anything with `__len__` and `__getitem__(i) -> MotionClip`.
+A source is anything with `__len__` and `__getitem__(i) -> MotionClip`: synthetic motion, clips
+read from files, or the ArrayRecord shards `python -m data_pipeline.build` writes
+(`mtvjax.data.shards.ShardSource`, `data.source="shards"`).
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from typing import Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
 from mtvjax.data.motion_files import MotionClip, load_clips
+from mtvjax.data.shards import ShardSource
 from mtvjax.data.synthetic import SyntheticMotionSource
 
 
@@ -34,14 +38,31 @@ class ClipListSource:
     def __getitem__(self, index: int) -> MotionClip:
         return self.clips[int(index)]
 
+    def num_frames(self, index: int) -> int:
+        return int(self.clips[int(index)].motion.shape[0])
+
+
+def clip_length(source, index: int) -> int:
+    """Frames of clip `index`, without reading its motion when the source can tell."""
+    if hasattr(source, "num_frames"):
+        return int(source.num_frames(index))
+    return int(source[index].motion.shape[0])
+
 
 @dataclasses.dataclass
 class MotionBatchBuilder:
-    """Builds one batch from a batch of clip indices; a Grain random map.
+    """Builds this process's share of one global batch of clip indices; a Grain random map.
 
-    One (frame count, stride) pair is drawn per batch. A clip too short for it is read at
-    stride 1; if still too short it is replaced by a clip of the batch that fits and counted in
-    the batch's `skipped` entry (if none fits, the frame count drops to the longest that does).
+    Every process sees the same global batches and draws the same per-batch choices: one (frame
+    count, stride) pair per batch and one seed per sample position, so the global batch is the
+    same on 1 or many processes; process p reads only the sample positions
+    `[p * B / n, (p + 1) * B / n)`, its block of the global array. A clip too short for the
+    drawn pair is read at stride 1; if still too short it is replaced by a clip of the batch that
+    fits and counted in `skipped` (if none fits, the frame count drops to the longest that does).
+    `index` holds the source index of each sample. Clips with stored video frames (`frames`,
+    e.g. from `ShardSource`) also give the same window of their frames, `frames`
+    `[B, F, H, W, 3]` uint8; all clips of a batch must then share one frame size (see `groups`
+    of `make_batches`).
     """
 
     source: object
@@ -49,30 +70,46 @@ class MotionBatchBuilder:
     strides: Sequence[int] = (1,)
     scale_aug: float = 0.0
     shift_aug: float = 0.0
+    process_index: int = 0
+    process_count: int = 1
 
     def __call__(self, indices: np.ndarray, rng: np.random.Generator) -> dict:
-        clips = [self.source[i] for i in indices]
-        lengths = np.array([c.motion.shape[0] for c in clips])
+        lengths = np.array([clip_length(self.source, i) for i in indices])
         frames = int(rng.choice(self.frame_counts))
         stride = int(rng.choice(self.strides))
+        sample_seed = int(rng.integers(2 ** 62))
         fitting = [f for f in sorted(self.frame_counts) if f <= lengths.max()]
         if not fitting:
             raise ValueError(f"no clip of this batch has {min(self.frame_counts)} frames: "
-                             f"{[c.name for c in clips]}")
+                             f"{[self.source[i].name for i in indices]}")
         frames = min(frames, fitting[-1])
-        fits = lengths >= frames
+        fits = np.flatnonzero(lengths >= frames)
+        local = len(indices) // self.process_count
         skipped = 0
-        windows = []
-        for k, clip in enumerate(clips):
-            if not fits[k]:
-                clip = clips[int(rng.choice(np.flatnonzero(fits)))]
+        windows, pixels, used = [], [], []
+        for k in range(self.process_index * local, (self.process_index + 1) * local):
+            sample_rng = np.random.default_rng([sample_seed, k])
+            index = indices[k]
+            if lengths[k] < frames:
+                index = indices[int(sample_rng.choice(fits))]
                 skipped += 1
-            step = stride if clip.motion.shape[0] >= (frames - 1) * stride + 1 else 1
+            clip = self.source[index]
+            motion = clip.motion
+            step = stride if len(motion) >= (frames - 1) * stride + 1 else 1
             span = (frames - 1) * step + 1
-            start = int(rng.integers(0, clip.motion.shape[0] - span + 1))
-            windows.append(self._augment(clip.motion[start:start + span:step], rng))
-        return {"motion": np.stack(windows).astype(np.float32),
-                "skipped": np.array(skipped, np.int32)}
+            start = int(sample_rng.integers(0, len(motion) - span + 1))
+            windows.append(self._augment(motion[start:start + span:step], sample_rng))
+            used.append(index)
+            if getattr(clip, "frames", None) is not None:
+                pixels.append(clip.frames[start:start + span:step])
+        batch = {"motion": np.stack(windows).astype(np.float32),
+                 "skipped": np.array(skipped, np.int32), "index": np.array(used, np.int64)}
+        if pixels:
+            if len(pixels) != len(windows) or len({p.shape for p in pixels}) > 1:
+                raise ValueError("a batch mixes clips with different (or without) video frame sizes; "
+                                 "batch them by frame size with make_batches(groups=...)")
+            batch["frames"] = np.stack(pixels)
+        return batch
 
     def _augment(self, motion: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.scale_aug == 0 and self.shift_aug == 0:
@@ -93,26 +130,59 @@ def make_source(data_config, min_frames: int):
             raise ValueError(f"data.source={data_config.source!r} needs --config.data.path")
         clips, errors = load_clips(data_config.path, min_frames=min_frames, skip_bad=True)
         return ClipListSource(clips), errors
-    raise ValueError(f"unknown data.source {data_config.source!r}: use synthetic, pkl or npy")
+    if data_config.source == "shards":
+        if not data_config.path:
+            raise ValueError("data.source='shards' needs --config.data.path (a built dataset folder)")
+        source = ShardSource(data_config.path, data_config.split, min_frames)
+        return source, source.skipped
+    raise ValueError(f"unknown data.source {data_config.source!r}: use synthetic, pkl, npy or shards")
+
+
+def _grouped_batches(groups: Sequence, batch_size: int, seed: int) -> grain.MapDataset:
+    """Index batches drawn within groups (each reshuffled per pass), groups mixed by size."""
+    keys = list(groups)
+    members = [np.array([i for i, k in enumerate(keys) if k == g], np.int64)
+               for g in sorted(set(keys), key=repr)]
+    streams = [grain.MapDataset.source(m).shuffle(seed=seed + g).repeat(None)
+               .batch(batch_size, drop_remainder=True) for g, m in enumerate(members)]
+    return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, [len(m) for m in members])
 
 
 def make_batches(source, batch_size: int, frame_counts: Sequence[int], strides: Sequence[int],
                  seed: int, scale_aug: float = 0.0, shift_aug: float = 0.0,
-                 process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-    """An endless, random-access MapDataset of batches `{'motion', 'skipped'}`.
+                 process_index: int = 0, process_count: int = 1,
+                 groups: Sequence | None = None) -> grain.MapDataset:
+    """An endless, random-access MapDataset of this process's share of each global batch.
 
-    Each process takes every `process_count`-th clip of the shuffled stream and builds batches
-    of `batch_size` from them (its local share of the global batch).
+    `batch_size` is the global batch; each of `process_count` processes gets
+    `batch_size / process_count` samples per element, `{'motion', 'skipped', 'index'}` (plus
+    `frames` for clips with video frames). `groups`, one hashable key per clip (e.g. the video
+    frame size, `ShardSource.frame_sizes()`), makes every batch come from one group.
     """
-    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
-    if process_count > 1:
-        ds = ds[process_index::process_count]
-    ds = ds.batch(batch_size, drop_remainder=True)
-    builder = MotionBatchBuilder(source, tuple(frame_counts), tuple(strides), scale_aug, shift_aug)
+    if batch_size % process_count:
+        raise ValueError(f"global batch {batch_size} does not divide over {process_count} processes")
+    if groups is None:
+        ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        ds = _grouped_batches(groups, batch_size, seed)
+    builder = MotionBatchBuilder(source, tuple(frame_counts), tuple(strides), scale_aug, shift_aug,
+                                 process_index, process_count)
     return ds.random_map(builder, seed=seed)
 
 
-def make_iterator(batches: grain.MapDataset, num_threads: int = 2, prefetch: int = 4):
-    """A checkpointable iterator over `batches` that prepares them on background threads."""
+def make_iterator(batches: grain.MapDataset, num_threads: int = 2, prefetch: int = 4,
+                  num_workers: int = 0):
+    """A checkpointable iterator over `batches` that prepares them on background threads.
+
+    `num_workers > 0` builds batches in that many worker processes instead (Grain
+    `mp_prefetch`); the iterator state still restores to exactly the same next batch.
+    """
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-    return iter(batches.to_iter_dataset(options))
+    ds = batches.to_iter_dataset(options)
+    if num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; use their defaults
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=prefetch))
+    return iter(ds)

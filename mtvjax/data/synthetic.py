@@ -159,11 +159,17 @@ class SyntheticMotionSource:
     def __len__(self) -> int:
         return self.num_sequences
 
-    def __getitem__(self, index: int) -> MotionClip:
-        index = int(index)
+    def _rng_and_frames(self, index: int):
         if not 0 <= index < self.num_sequences:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, index])
+        return rng, int(rng.integers(self.frame_range[0], self.frame_range[1] + 1))
+
+    def num_frames(self, index: int) -> int:
+        return self._rng_and_frames(int(index))[1]
+
+    def __getitem__(self, index: int) -> MotionClip:
+        index = int(index)
+        rng, frames = self._rng_and_frames(index)
         kind = MOTION_KINDS[index % len(MOTION_KINDS)]
-        frames = int(rng.integers(self.frame_range[0], self.frame_range[1] + 1))
         return MotionClip(make_motion(kind, frames, rng), f"synthetic/{index:05d}-{kind}")

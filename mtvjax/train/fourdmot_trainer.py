@@ -93,8 +93,7 @@ class FourDMoTTrainer:
 
     def batches(self, source, seed: int, augment: bool):
         d = self.config.data
-        local_batch = d.batch_size // jax.process_count()
-        return make_batches(source, local_batch, d.frame_counts, d.strides, seed,
+        return make_batches(source, d.batch_size, d.frame_counts, d.strides, seed,
                             d.scale_aug if augment else 0.0, d.shift_aug if augment else 0.0,
                             jax.process_index(), jax.process_count())
 
