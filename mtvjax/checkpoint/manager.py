@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 
 def _manager(directory: str, keep: int | None, create: bool) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        os.path.abspath(directory),
+        directory if "://" in directory else os.path.abspath(directory),   # gs://... as is
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": grain.checkpoint.CheckpointHandler(),

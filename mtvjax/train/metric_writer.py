@@ -1,7 +1,8 @@
 """Training metrics to stdout, TensorBoard event files and `metrics.jsonl` in the workdir.
 
 The JSON-lines file is the machine-readable record (one object per logged step); a resumed run
-appends to it, so the last entry per step is the one that counts.
+appends to it, so the last entry per step is the one that counts. For a remote workdir
+(`gs://...`, where checkpoints go) the logs are written to `~/mtvjax_logs/<run name>` instead.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from tensorboardX import SummaryWriter
 class MetricWriter:
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
+        if "://" in workdir:
+            workdir = os.path.join(os.path.expanduser("~/mtvjax_logs"), workdir.rstrip("/").split("/")[-1])
+            print(f"logs of the remote workdir go to {workdir}", flush=True)
         if enabled:
             os.makedirs(workdir, exist_ok=True)
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
