@@ -1,0 +1,56 @@
+"""Parameter counts of MV-DiT presets, from `jax.eval_shape` (nothing is allocated).
+
+    python -m mtvjax.bench.param_count [tiny 7b ...] [--by-module]
+
+Prints, per variant of configs/mvdit.py, the number of parameters and of tensors in the
+released per-layer layout (a stacked `blocks` leaf counts once per layer), optionally broken down
+by top-level module and by block submodule (per layer).
+"""
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from flax import traverse_util
+
+from mtvjax.config import load_config
+from mtvjax.models import mvdit_cogvideox as mv
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "mvdit.py"
+
+
+def count(variant: str) -> dict:
+    config = load_config(f"{CONFIG}:{variant}")
+    if config.model.family != "cogvideox":
+        raise ValueError(f"{variant}: family {config.model.family!r} is not counted here yet")
+    params = mv.abstract_params(mv.from_config(config))
+    total, tensors = mv.param_count(params)
+    modules = defaultdict(int)
+    for path, leaf in traverse_util.flatten_dict(params).items():
+        size = int(np.prod(leaf.shape))
+        if path[0] == "blocks":
+            modules[f"blocks/{path[1]}/{path[2]} (all layers)"] += size
+        else:
+            modules[path[0]] += size
+    return {"variant": variant, "params": total, "tensors": tensors,
+            "layers": config.model.num_layers, "modules": dict(modules)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", default=["tiny", "7b"])
+    parser.add_argument("--by-module", action="store_true")
+    args = parser.parse_args(argv)
+    for variant in args.variants:
+        c = count(variant)
+        print(f"{variant:>6}: {c['params']:>16,} parameters, {c['tensors']:>5} tensors, "
+              f"{c['layers']} layers")
+        if args.by_module:
+            for name, size in sorted(c["modules"].items()):
+                print(f"        {name:<40} {size:>16,}")
+
+
+if __name__ == "__main__":
+    main()
