@@ -227,7 +227,7 @@ def test_cli_convert(sample, tmp_path):
     assert config["model"]["codebook_size"] == 256
     bad = subprocess.run(cmd[:4] + ["mystery"] + cmd[5:], env=env, capture_output=True, text=True,
                          timeout=120)
-    assert bad.returncode != 0 and "expected one model name out of 4dmot, got mystery" in bad.stderr
+    assert bad.returncode != 0 and "expected one model name out of 4dmot, mvdit7b, mvdit17b, got mystery" in bad.stderr
 
 
 def test_full_size_layout_and_parameter_count():

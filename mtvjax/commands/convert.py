@@ -1,36 +1,77 @@
-"""`mtvjax convert MODEL --src FILE --dst DIR ...`: released PyTorch weights → Orbax checkpoint.
+"""`mtvjax convert MODEL --src FILE_OR_DIR --dst DIR ...`: PyTorch weights → Orbax checkpoint.
 
   mtvjax convert 4dmot --src 4DMoT/mp_rank_00_model_states.pt --dst ckpt/4dmot \
-      --mean ../shared/data/mtvcrafter_sample/mean.npy \
-      --std ../shared/data/mtvcrafter_sample/std.npy
+      --mean ../shared/data/mtvcrafter_sample/mean.npy --std ../shared/data/mtvcrafter_sample/std.npy
+  mtvjax convert mvdit7b --src MV-DiT/CogVideoX/transformer --dst ckpt/mvdit7b \
+      --joint_positions ../shared/data/mtvcrafter_sample/mean.npy
+  mtvjax convert mvdit7b --src CogVideoX-5b/transformer --source_format cogvideox --dst ckpt/base7b
+  mtvjax convert mvdit17b --src MV-DiT/Wan --lora motion_lora.safetensors --dst ckpt/mvdit17b
+  mtvjax convert mvdit17b --src Wan2.1-I2V-14B --source_format wan --dst ckpt/base17b
 """
 from __future__ import annotations
 
 from absl import flags
 
-flags.DEFINE_string("src", None, "Released checkpoint: .pt (DeepSpeed or bare state dict) or "
-                    ".safetensors.")
+flags.DEFINE_string("src", None, "Source weights: .pt/.bin (weights_only), .safetensors, or a "
+                    "diffusers-style folder with sharded safetensors and an index.")
 flags.DEFINE_string("dst", None, "New (or empty) folder for the Orbax checkpoint.")
-flags.DEFINE_string("mean", None, "Normalisation mean .npy [24, 3] of the released model.")
-flags.DEFINE_string("std", None, "Normalisation std .npy [24, 3].")
-flags.DEFINE_string("variant", "released", "Variant of configs/4dmot.py the file must match; "
-                    "empty: the released config with the model sizes read from the file.")
-flags.mark_flags_as_required(["src", "dst", "mean", "std"])
+flags.DEFINE_string("variant", None, "Config variant the weights must match (default per model: "
+                    "released / 7b / 17b); empty: read the sizes from the file.")
+flags.DEFINE_string("mean", None, "4dmot: normalisation mean .npy [24, 3] of the released model.")
+flags.DEFINE_string("std", None, "4dmot: normalisation std .npy [24, 3].")
+flags.DEFINE_string("joint_positions", None, "mvdit7b: dataset-mean joints .npy [24, 3] (mm) "
+                    "that place the motion tokens of the 4D RoPE.")
+flags.DEFINE_enum("source_format", "auto", ["auto", "mvdit", "cogvideox", "wan"],
+                  "mvdit*: released MV-DiT weights, or the base model the paper starts from.")
+flags.DEFINE_string("lora", None, "mvdit17b: LoRA file merged into the weights first.")
+flags.DEFINE_integer("seed", 0, "Seed of freshly initialised modules (base-model conversion).")
+flags.mark_flags_as_required(["src", "dst"])
 FLAGS = flags.FLAGS
 
-MODELS = ("4dmot",)
+DEFAULT_VARIANTS = {"4dmot": "released", "mvdit7b": "7b", "mvdit17b": "17b"}
+
+
+def _variant(model: str):
+    variant = DEFAULT_VARIANTS[model] if FLAGS.variant is None else FLAGS.variant
+    return variant or None
+
+
+def convert_4dmot():
+    from mtvjax.checkpoint.convert_4dmot import convert_4dmot as convert
+    if not (FLAGS.mean and FLAGS.std):
+        raise ValueError("4dmot needs --mean and --std (the released normalisation statistics)")
+    s = convert(FLAGS.src, FLAGS.dst, FLAGS.mean, FLAGS.std, _variant("4dmot"))
+    return (f"{s['tensors']} tensors, {s['trainable_params']:,} trainable parameters, "
+            f"codebook {s['codebook']}, variant {s['variant']}")
+
+
+def convert_mvdit7b():
+    from mtvjax.checkpoint.convert_mvdit7b import convert_mvdit7b as convert
+    source_format = {"mvdit": "mvdit7b"}.get(FLAGS.source_format, FLAGS.source_format)
+    if source_format == "wan":
+        raise ValueError("mvdit7b converts released MV-DiT-7B or CogVideoX weights, not Wan")
+    return str(convert(FLAGS.src, FLAGS.dst, _variant("mvdit7b"), source_format, FLAGS.seed,
+                       FLAGS.joint_positions))
+
+
+def convert_mvdit17b():
+    from mtvjax.checkpoint import convert_mvdit17b as module
+    if FLAGS.source_format == "cogvideox":
+        raise ValueError("mvdit17b converts released MV-DiT-17B or Wan weights, not CogVideoX")
+    convert = module.convert_wan_base if FLAGS.source_format == "wan" else module.convert_mvdit17b
+    return str(convert(FLAGS.src, FLAGS.dst, lora=FLAGS.lora, variant=_variant("mvdit17b"), seed=FLAGS.seed))
+
+
+CONVERTERS = {"4dmot": convert_4dmot, "mvdit7b": convert_mvdit7b, "mvdit17b": convert_mvdit17b}
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in MODELS:
+    if len(argv) != 2 or argv[1] not in CONVERTERS:
         got = " ".join(argv[1:]) or "nothing"
-        raise SystemExit(f"mtvjax convert: expected one model name out of {', '.join(MODELS)}, "
+        raise SystemExit(f"mtvjax convert: expected one model name out of {', '.join(CONVERTERS)}, "
                          f"got {got}")
-    from mtvjax.checkpoint.convert_4dmot import convert_4dmot
     try:
-        summary = convert_4dmot(FLAGS.src, FLAGS.dst, FLAGS.mean, FLAGS.std, FLAGS.variant or None)
+        summary = CONVERTERS[argv[1]]()
     except (OSError, ValueError) as e:  # bad input files: one message, no traceback
         raise SystemExit(f"mtvjax convert: {e}") from e
-    print(f"wrote {summary['dst']} (step 0): {summary['tensors']} tensors, "
-          f"{summary['trainable_params']:,} trainable parameters, codebook {summary['codebook']}, "
-          f"variant {summary['variant']}")
+    print(f"wrote {FLAGS.dst} (step 0): {summary}")
