@@ -45,8 +45,9 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     ))
 
     c.data = ml_collections.ConfigDict(dict(
-        source="synthetic",        # synthetic | pkl | npy
-        path="",                   # file or folder for pkl / npy sources
+        source="synthetic",        # synthetic | pkl | npy | shards
+        path="",                   # file or folder for pkl / npy; built dataset folder for shards
+        split="train",             # shards: the split to train on (val_path may be DATASET/val)
         val_path="",               # optional held-out data for the eval pass at the end
         batch_size=32,
         frame_counts=FRAME_COUNTS,

@@ -1,12 +1,13 @@
-"""MV-DiT (motion video diffusion transformer). Variants: `tiny`, `7b`.
+"""MV-DiT (motion video diffusion transformer). Variants: `tiny`, `7b`, `tiny17b`, `17b`.
 
   config = load_config("configs/mvdit.py:7b")
   model = mtvjax.models.mvdit_cogvideox.from_config(config)
 
 `config.model.family` selects the implementation: "cogvideox" (MV-DiT-7B, CogVideoX-5B based,
-`mtvjax/models/mvdit_cogvideox.py`). A Wan-based "wan" family (MV-DiT-17B) adds its own
-`config.model` fields under a `17b` variant; `mesh`, `sharding_rules`, `remat` and the dtypes
-are shared by all families.
+`mtvjax/models/mvdit_cogvideox.py`) or "wan" (MV-DiT-17B, Wan-2.1-I2V-14B based,
+`mtvjax/models/mvdit_wan.py`, whose `wan_presets()` hold the `17b`/`tiny17b` model fields:
+17,443,864,384 parameters of which 1,048,985,600 (the motion attention) train in the release).
+`mesh`, `sharding_rules`, `remat` and the dtypes are shared by all families.
 
 `7b` is the released MV-DiT-7B: 42 layers, 48 heads × 64 = 3072, E 512, text 4096 (the
 CogVideoX-5B base config, reference_mvdit7b.md §1), 7,157,411,904 parameters (1,529 tensors).
@@ -17,7 +18,9 @@ whose (312, 3072) unconditional token cannot be used at D = 128 (§1).
 """
 import ml_collections
 
-FAMILIES = ("cogvideox",)
+from mtvjax.models.mvdit_wan import wan_presets
+
+FAMILIES = ("cogvideox", "wan")
 
 # Logical axis name -> mesh axis (None: replicated). Declared once for all MV-DiT families.
 SHARDING_RULES = (
@@ -82,8 +85,10 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.seed = 0
     if variant in ("tiny", "7b"):
         c.model = cogvideox_model(variant)
+    elif variant in ("tiny17b", "17b"):
+        c.model = ml_collections.ConfigDict(wan_presets()[variant])
     else:
-        raise ValueError(f"unknown mvdit variant {variant!r}: use tiny or 7b")
+        raise ValueError(f"unknown mvdit variant {variant!r}: use tiny, 7b, tiny17b or 17b")
 
     c.dtype = "float32"            # compute dtype: float32 | bfloat16
     c.param_dtype = "float32"
