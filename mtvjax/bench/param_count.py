@@ -17,16 +17,20 @@ from flax import traverse_util
 
 from mtvjax.config import load_config
 from mtvjax.models import mvdit_cogvideox as mv
+from mtvjax.models import mvdit_wan
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "mvdit.py"
 
 
 def count(variant: str) -> dict:
     config = load_config(f"{CONFIG}:{variant}")
-    if config.model.family != "cogvideox":
-        raise ValueError(f"{variant}: family {config.model.family!r} is not counted here yet")
-    params = mv.abstract_params(mv.from_config(config))
-    total, tensors = mv.param_count(params)
+    if config.model.family == "wan":
+        params = mvdit_wan.param_shapes(mvdit_wan.wan_config(config))
+        counts = mvdit_wan.param_counts(mvdit_wan.wan_config(config))
+        total, tensors, trainable = counts["total"], counts["tensors_released"], counts["trainable"]
+    else:
+        params = mv.abstract_params(mv.from_config(config))
+        (total, tensors), trainable = mv.param_count(params), None
     modules = defaultdict(int)
     for path, leaf in traverse_util.flatten_dict(params).items():
         size = int(np.prod(leaf.shape))
@@ -34,19 +38,20 @@ def count(variant: str) -> dict:
             modules[f"blocks/{path[1]}/{path[2]} (all layers)"] += size
         else:
             modules[path[0]] += size
-    return {"variant": variant, "params": total, "tensors": tensors,
+    return {"variant": variant, "params": total, "tensors": tensors, "trainable": trainable,
             "layers": config.model.num_layers, "modules": dict(modules)}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variants", nargs="*", default=["tiny", "7b"])
+    parser.add_argument("variants", nargs="*", default=["tiny", "7b", "tiny17b", "17b"])
     parser.add_argument("--by-module", action="store_true")
     args = parser.parse_args(argv)
     for variant in args.variants:
         c = count(variant)
-        print(f"{variant:>6}: {c['params']:>16,} parameters, {c['tensors']:>5} tensors, "
-              f"{c['layers']} layers")
+        trainable = "" if c["trainable"] is None else f", {c['trainable']:,} trainable (released)"
+        print(f"{variant:>7}: {c['params']:>16,} parameters, {c['tensors']:>5} tensors, "
+              f"{c['layers']} layers{trainable}")
         if args.by_module:
             for name, size in sorted(c["modules"].items()):
                 print(f"        {name:<40} {size:>16,}")
