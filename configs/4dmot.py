@@ -28,9 +28,11 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         num_groups=32,
         joint_kernel=3,
         dilation_reference=512,    # ResBlock dilation = max(1, reference // width - 1)
+        coord_dim=3,               # 2: the paper's "3D quantisation" over (t, x, y), no depth
     ))
 
     c.quantizer = ml_collections.ConfigDict(dict(
+        enabled=True,              # False: continuous tokens (quantizer bypassed; ablation)
         beta=0.25,                 # commitment weight
         decay=0.99,
         dead_threshold=1.0,        # EMA count below which a code is dead

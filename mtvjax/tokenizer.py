@@ -16,7 +16,6 @@ import numpy as np
 from mtvjax.checkpoint.manager import Checkpointer, abstract_like, read_config
 from mtvjax.evaluate.metrics import mpjpe
 from mtvjax.models.fourdmot import decoded_frames, latent_frames
-from mtvjax.models.normalization import denormalize
 from mtvjax.train import fourdmot_step as steps
 
 
@@ -48,7 +47,7 @@ class Tokenizer:
         self.state = checkpointer.restore(self.step, abstract)
         checkpointer.close()
         self.batch_size = batch_size
-        self.differential = bool(self.config.normalization.differential)
+        self.switches = steps.switches(self.config)
         self._run = jax.jit(self._tokenize_batch)
 
     @property
@@ -64,13 +63,14 @@ class Tokenizer:
                              f"use a count of the form 8k or 8k + 1 (e.g. 33, 49, 81, 97, 129)")
 
     def _tokenize_batch(self, state, motion_mm):
+        sw = self.switches
         out = steps.forward(self.model, state.params, state.quantizer["codebook"], motion_mm,
-                            state.stats, self.differential)
-        recon_mm = denormalize(out["recon"], state.stats["mean"], state.stats["std"], out["first"],
-                               self.differential)
-        quantized = state.quantizer["codebook"][out["indices"]]
+                            state.stats, sw)
+        recon_mm = steps.model_output_mm(out["recon"], out["first"], state.stats, sw)
+        quantized = state.quantizer["codebook"][out["indices"]] if sw.quantize else out["z"]
         return {"indices": out["indices"].astype(jnp.int32), "quantized": quantized,
-                "recon_mm": recon_mm, "mpjpe_mm": jax.vmap(mpjpe)(recon_mm, motion_mm)}
+                "recon_mm": recon_mm,
+                "mpjpe_mm": jax.vmap(mpjpe)(recon_mm, motion_mm[..., :sw.coord_dim])}
 
     def tokenize(self, segments_mm: np.ndarray) -> dict[str, np.ndarray]:
         """`[N, frames, 24, 3]` mm → indices `[N, L, 24]`, quantised features, reconstruction, MPJPE."""

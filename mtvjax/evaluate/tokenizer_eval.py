@@ -48,8 +48,8 @@ def evaluate_dataset(tokenizer: Tokenizer, spec, frames: int, stride: int, metri
     if not segments:
         raise ValueError(f"dataset {spec['name']}: no clip has {frames} frames at stride {stride}"
                          f" ({len(clips)} clips read, {len(errors)} unreadable files)")
-    motion = np.concatenate(segments)
-    out = tokenizer.tokenize(motion)
+    out = tokenizer.tokenize(np.concatenate(segments))
+    motion = np.concatenate(segments)[..., :out["recon_mm"].shape[-1]]   # (x, y) if no depth
     report = {"clips": len(clips) - len(too_short), "segments": int(len(motion)),
               "skipped": errors + too_short}
     for name in metric_names:
@@ -58,6 +58,8 @@ def evaluate_dataset(tokenizer: Tokenizer, spec, frames: int, stride: int, metri
     if "per_joint_mpjpe" in metric_names:
         per_joint = np.asarray(M.per_joint_mpjpe(out["recon_mm"], motion))
         report["per_joint_mpjpe_mm"] = dict(zip(JOINT_NAMES, map(float, per_joint)))
+    if not tokenizer.switches.quantize:          # continuous tokens: no code usage to report
+        return report
     histogram = M.code_histogram(out["indices"], tokenizer.codebook_size)
     if "perplexity" in metric_names:
         report["perplexity"] = float(M.perplexity(histogram))

@@ -8,7 +8,7 @@ stored in the state, so a checkpoint is self-contained.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -81,11 +81,44 @@ def abstract_state(config, model: FourDMoT, tx) -> TrainState:
                           jax.random.PRNGKey(0))
 
 
-def forward(model: FourDMoT, params, codebook, motion_mm, stats, differential: bool):
+class Switches(NamedTuple):
+    """The tokenizer's ablation switches (paper Table: quantisation, differential motion, depth)."""
+    differential: bool = False   # subtract the normalised first frame
+    coord_dim: int = 3           # 2: "3D quantisation" over (t, x, y), depth dropped
+    quantize: bool = True        # False: continuous tokens, quantizer bypassed
+
+
+def switches(config) -> Switches:
+    return Switches(differential=bool(config.normalization.differential),
+                    coord_dim=int(config.model.get("coord_dim", 3)),
+                    quantize=bool(config.quantizer.get("enabled", True)))
+
+
+def model_input(motion_mm, stats, sw: Switches):
+    """Millimetres → (model input, normalised first frame), over the used coordinates."""
+    c = sw.coord_dim
+    return normalize(motion_mm[..., :c], stats["mean"][..., :c], stats["std"][..., :c],
+                     sw.differential)
+
+
+def model_output_mm(recon, first, stats, sw: Switches):
+    """Decoder output → millimetres over the used coordinates."""
+    c = sw.coord_dim
+    return denormalize(recon, stats["mean"][..., :c], stats["std"][..., :c], first, sw.differential)
+
+
+def quantize_tokens(codebook, z, sw: Switches):
+    """(tokens the decoder sees, code indices or -1, commitment loss)."""
+    if sw.quantize:
+        return vq.quantize(codebook, z)
+    return z, jnp.full(z.shape[:-1], -1, jnp.int32), jnp.zeros((), z.dtype)
+
+
+def forward(model: FourDMoT, params, codebook, motion_mm, stats, sw: Switches):
     """Normalise, encode, quantise and decode; the pieces a loss or an evaluation needs."""
-    x, first = normalize(motion_mm, stats["mean"], stats["std"], differential)
+    x, first = model_input(motion_mm, stats, sw)
     z = model.apply({"params": params}, x, method=FourDMoT.encode)
-    q, indices, commitment = vq.quantize(codebook, z)
+    q, indices, commitment = quantize_tokens(codebook, z, sw)
     recon = model.apply({"params": params}, q, method=FourDMoT.decode)
     return {"input": x, "first": first, "z": z, "indices": indices, "commitment": commitment,
             "recon": recon}
@@ -93,7 +126,7 @@ def forward(model: FourDMoT, params, codebook, motion_mm, stats, differential: b
 
 def make_train_step(config, model: FourDMoT, tx):
     settings = quantizer_settings(config)
-    beta, differential = config.quantizer.beta, config.normalization.differential
+    beta, sw = config.quantizer.beta, switches(config)
     schedule = learning_rate_schedule(config.optim, config.train.num_steps)
     k = config.model.codebook_size
 
@@ -101,11 +134,12 @@ def make_train_step(config, model: FourDMoT, tx):
         init_rng, reset_rng = jax.random.split(rng)
 
         def loss_fn(params):
-            x, _ = normalize(batch["motion"], state.stats["mean"], state.stats["std"], differential)
+            x, _ = model_input(batch["motion"], state.stats, sw)
             z = model.apply({"params": params}, x, method=FourDMoT.encode)
             flat = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1])
-            qstate = vq.initialize_from_batch(state.quantizer, flat, init_rng, settings)
-            q, indices, commitment = vq.quantize(qstate["codebook"], z)
+            qstate = (vq.initialize_from_batch(state.quantizer, flat, init_rng, settings)
+                      if sw.quantize else state.quantizer)
+            q, indices, commitment = quantize_tokens(qstate["codebook"], z, sw)
             recon = model.apply({"params": params}, q, method=FourDMoT.decode)
             l1 = jnp.mean(jnp.abs(recon - x))
             return l1 + beta * commitment, (qstate, z, indices, l1, commitment)
@@ -114,7 +148,10 @@ def make_train_step(config, model: FourDMoT, tx):
             loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        qstate, qmetrics = vq.update_state(qstate, z, indices, reset_rng, settings)
+        if sw.quantize:
+            qstate, qmetrics = vq.update_state(qstate, z, indices, reset_rng, settings)
+        else:
+            qmetrics = {"dead_codes": jnp.array(0), "codes_reset": jnp.array(0)}
         histogram = code_histogram(indices, k)
         metrics = {"loss": loss, "recon": l1, "commit": commitment,
                    "perplexity": perplexity(histogram), "lr": schedule(state.step),
@@ -129,16 +166,15 @@ def make_train_step(config, model: FourDMoT, tx):
 
 def make_eval_step(config, model: FourDMoT):
     """`eval_step(state, batch) -> metrics` with the current codebook, no state change."""
-    differential = config.normalization.differential
-    k = config.model.codebook_size
+    sw, k = switches(config), config.model.codebook_size
 
     def eval_step(state: TrainState, batch: dict):
         out = forward(model, state.params, state.quantizer["codebook"], batch["motion"],
-                      state.stats, differential)
-        recon_mm = denormalize(out["recon"], state.stats["mean"], state.stats["std"],
-                               out["first"], differential)
+                      state.stats, sw)
+        recon_mm = model_output_mm(out["recon"], out["first"], state.stats, sw)
         return {"recon": jnp.mean(jnp.abs(out["recon"] - out["input"])),
-                "commit": out["commitment"], "mpjpe_mm": mpjpe(recon_mm, batch["motion"]),
+                "commit": out["commitment"],
+                "mpjpe_mm": mpjpe(recon_mm, batch["motion"][..., :sw.coord_dim]),
                 "code_histogram": code_histogram(out["indices"], k)}
 
     return eval_step
