@@ -1,0 +1,482 @@
+"""Prompt embeddings of a dataset, encoded once per distinct prompt and stored beside the shards.
+
+MV-DiT-17B is conditioned on umT5 embeddings of a prompt (reference_mvdit17b.md §6.6). Running
+the 5.7B encoder in the training loop would be wasteful, and most clips share a handful of
+prompts, so the build encodes each **distinct** prompt once and records refer to it by key:
+
+    DATASET/text_cache/index.json                     {schema, encoder_id, entries, negative}
+    DATASET/text_cache/embeddings-00000-of-00001.array_record
+
+* **Key** (`prompt_key`): sha256 of the encoder id and the prompt. The encoder id
+  (`umt5.text_encoder_id`) hashes the converted checkpoint's weight fingerprint, the tokenizer's
+  vocabulary, text_len and the compute dtype, so a different encoder never reuses embeddings.
+* **Entries**: one ArrayRecord record per key (msgpack, no pickle): `schema`, `key`, `prompt`,
+  `encoder_id` and the embedding — only the prompt's own token rows `[L, dim]` (the DiT pads
+  with zeros to 512, `text_lens` = L), float32 or float16 — written in key order, so the same
+  prompts give the same bytes. `index.json` maps each key to its shard, position and length.
+* **Records** refer to their prompt through the manifest: the build step adds `text_key` to every
+  `manifest["index"][split]` entry and a `manifest["text"]` section (encoder id, negative-prompt
+  key, counts). The record bytes are unchanged (a `text_key` field in the record schema would
+  need a schema version bump of `mtvjax.data.record_format`).
+* **Reuse**: `previous=` (an earlier build's `text_cache/`) supplies entries it already holds, so
+  a rebuild encodes only new prompts. The encoder is built lazily: a build whose prompts are all
+  cached never loads it.
+
+Prompts come from `prompts` (a JSON object `{key: prompt}`, JSON lines
+`{"key": ..., "prompt": ...}` or `key<TAB>prompt` lines; a clip is looked up by its record key,
+then its source_id, then its video path) and otherwise `default_prompt`; the negative prompt is
+encoded too. Embeddings computed elsewhere (e.g. by the PyTorch pipeline) enter the same cache
+through `PrecomputedEncoder({prompt: [L, dim]}, encoder_id)`, and the DiT keeps accepting
+embeddings however they were made.
+
+API: `default_config()` (the `text` section of a data config), `text_step(config, root,
+manifest, encoder=None, previous=None)` (the build step: call it from `data_pipeline.build.build`
+after the shards are written, before the manifest is saved), `add_text_cache(dataset, config)`
+(the same on an already-built dataset), `TextCache(folder)` (`get(key)`, `padded(keys, 512)`),
+`DatasetText(dataset)` (`for_record(key)`, `negative()`), `encode_prompts`, `load_prompts`,
+`PrecomputedEncoder`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+CACHE_DIR = "text_cache"
+INDEX = "index.json"
+SCHEMA = "text_embedding/1"
+INDEX_SCHEMA = "text_cache/1"
+STORE_DTYPES = {"float32": "<f4", "float16": "<f2"}
+DEFAULT_PROMPT = "The character is dancing."
+NEGATIVE_PROMPT = "bad hands, extra limbs, fused fingers, blurry, low quality"
+
+
+class TextCacheError(ValueError):
+    """A cache folder or entry that is not of this schema, or a prompt that cannot be found."""
+
+
+def default_config():
+    """The `text` section of a data config (`config.text = text_cache.default_config()`)."""
+    import ml_collections
+    return ml_collections.ConfigDict(dict(
+        enabled=False,               # encode prompts into DATASET/text_cache
+        encoder="",                  # umT5 checkpoint written by convert_umt5
+        tokenizer="",                # umT5 tokenizer folder (Wan's google/umt5-xxl)
+        dtype="bfloat16",            # encoder compute dtype (the released pipeline's bf16)
+        batch_size=4,                # prompts per encoder call
+        prompts="",                  # JSON / JSONL / TSV file of per-clip prompts
+        default_prompt=DEFAULT_PROMPT,   # for clips without one ("" = such clips are an error)
+        negative_prompt=NEGATIVE_PROMPT,
+        store_dtype="float32",       # float32 | float16
+        shard_records=256,           # cache entries per ArrayRecord shard
+    ))
+
+
+class PrecomputedEncoder:
+    """An "encoder" that looks prompts up in `{prompt: [L, dim] array}` (embeddings made
+    elsewhere), under the given `encoder_id`; a prompt it lacks is an error."""
+
+    def __init__(self, embeddings: Mapping[str, np.ndarray], encoder_id: str):
+        self.embeddings = dict(embeddings)
+        self.encoder_id = encoder_id
+
+    def __call__(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        absent = [p for p in prompts if p not in self.embeddings]
+        if absent:
+            raise TextCacheError(f"no precomputed embedding for {len(absent)} prompt(s): "
+                                 + ", ".join(repr(p) for p in absent[:5]))
+        return [np.asarray(self.embeddings[p], np.float32) for p in prompts]
+
+
+def prompt_key(prompt: str, encoder_id: str) -> str:
+    return hashlib.sha256(f"{encoder_id}\0{prompt}".encode("utf-8")).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Entries
+# ----------------------------------------------------------------------------------------------
+
+
+def encode_entry(key: str, prompt: str, encoder_id: str, embedding, dtype: str = "float32"
+                 ) -> bytes:
+    arr = np.asarray(embedding)
+    if arr.ndim != 2:
+        raise TextCacheError(f"{prompt!r}: embedding must be [tokens, dim], got {list(arr.shape)}")
+    if not np.all(np.isfinite(arr)):
+        raise TextCacheError(f"{prompt!r}: embedding holds NaN or Inf values")
+    code = STORE_DTYPES[dtype]
+    arr = np.ascontiguousarray(arr.astype(code))
+    return msgpack.packb({"schema": SCHEMA, "key": key, "prompt": prompt,
+                          "encoder_id": encoder_id, "dtype": code, "shape": list(arr.shape),
+                          "data": arr.tobytes()}, use_bin_type=True)
+
+
+def decode_entry(data: bytes) -> dict:
+    try:
+        raw = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise TextCacheError(f"not a text-cache entry ({e})") from None
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+        raise TextCacheError(f"not a {SCHEMA} entry (schema {raw.get('schema') if isinstance(raw, dict) else None!r})")
+    if raw["dtype"] not in STORE_DTYPES.values():
+        raise TextCacheError(f"entry {raw['key']}: dtype {raw['dtype']} not stored by this cache")
+    shape = tuple(int(s) for s in raw["shape"])
+    arr = np.frombuffer(raw["data"], np.dtype(raw["dtype"]))
+    if arr.size != int(np.prod(shape)):
+        raise TextCacheError(f"entry {raw['key']}: {arr.size} values for shape {list(shape)}")
+    return {"key": raw["key"], "prompt": raw["prompt"], "encoder_id": raw["encoder_id"],
+            "embedding": arr.reshape(shape).astype(np.float32)}
+
+
+def _writer(path: Path):
+    from array_record.python.array_record_module import ArrayRecordWriter
+    return ArrayRecordWriter(str(path), "group_size:1")
+
+
+def _reader(path: Path):
+    from array_record.python.array_record_module import ArrayRecordReader
+    return ArrayRecordReader(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache folder
+# ----------------------------------------------------------------------------------------------
+
+
+class TextCache:
+    """Reads a `text_cache/` folder: `keys()`, `key in cache`, `get(key)` (float32 `[L, dim]`),
+    `prompt(key)`, `padded(keys, text_len)`."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        path = self.folder / INDEX
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.folder}: not a text cache (no {INDEX})")
+        index = json.loads(path.read_text(encoding="utf-8"))
+        if index.get("schema") != INDEX_SCHEMA:
+            raise TextCacheError(f"{path}: schema {index.get('schema')!r}, this reader knows "
+                                 f"{INDEX_SCHEMA!r}")
+        self.index = index
+        self.entries = index["entries"]
+        self._readers = {}
+
+    @classmethod
+    def open_if_present(cls, folder) -> "TextCache | None":
+        return cls(folder) if folder is not None and (Path(folder) / INDEX).is_file() else None
+
+    @property
+    def encoder_id(self) -> str | None:
+        return self.index.get("encoder_id")
+
+    def keys(self):
+        return self.entries.keys()
+
+    def __contains__(self, key) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def raw(self, key: str) -> bytes:
+        if key not in self.entries:
+            raise KeyError(f"{self.folder}: no embedding with key {key}")
+        entry = self.entries[key]
+        reader = self._readers.get(entry["shard"])
+        if reader is None:
+            reader = self._readers[entry["shard"]] = _reader(self.folder / entry["shard"])
+        return reader.read([entry["position"]])[0]
+
+    def entry(self, key: str) -> dict:
+        found = decode_entry(self.raw(key))
+        if found["key"] != key:
+            raise TextCacheError(f"{self.folder}: index points {key} at the entry of "
+                                 f"{found['key']}")
+        return found
+
+    def get(self, key: str) -> np.ndarray:
+        return self.entry(key)["embedding"]
+
+    def prompt(self, key: str) -> str:
+        return self.entries[key]["prompt"]
+
+    def padded(self, keys: Sequence[str], text_len: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 `[B, text_len, dim]` zero-padded embeddings, int32 `[B]` lengths): the DiT's
+        `text_emb` and `text_lens`."""
+        arrays = [self.get(k) for k in keys]
+        if not arrays:
+            raise ValueError("no keys")
+        dim = arrays[0].shape[1]
+        out = np.zeros((len(arrays), text_len, dim), np.float32)
+        lens = np.zeros((len(arrays),), np.int32)
+        for i, a in enumerate(arrays):
+            if a.shape[0] > text_len:
+                raise ValueError(f"{keys[i]}: {a.shape[0]} rows exceed text_len {text_len}")
+            out[i, :a.shape[0]] = a
+            lens[i] = a.shape[0]
+        return out, lens
+
+    def close(self):
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
+
+
+def write_cache(folder, items: Iterable[tuple[str, str, Callable[[], bytes]]], encoder_id: str,
+                shard_records: int = 256, extra_index: Mapping | None = None) -> dict:
+    """Writes `folder` (must not exist) from `(key, prompt, entry bytes thunk)` items, in key
+    order; returns the index."""
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    items = sorted(items, key=lambda item: item[0])
+    n_shards = max(1, -(-len(items) // shard_records))
+    entries = {}
+    for s in range(n_shards):
+        name = f"embeddings-{s:05d}-of-{n_shards:05d}.array_record"
+        writer = _writer(folder / name)
+        for position, (key, prompt, thunk) in enumerate(
+                items[s * shard_records:(s + 1) * shard_records]):
+            data = thunk()
+            entry = decode_entry(data)
+            writer.write(data)
+            entries[key] = {"shard": name, "position": position, "prompt": prompt,
+                            "length": int(entry["embedding"].shape[0]),
+                            "dim": int(entry["embedding"].shape[1])}
+        writer.close()
+    index = {"schema": INDEX_SCHEMA, "encoder_id": encoder_id, "entries": entries,
+             **dict(extra_index or {})}
+    (folder / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True, ensure_ascii=False)
+                                + "\n", encoding="utf-8")
+    return index
+
+
+def encode_prompts(prompts: Iterable[str], folder, encoder, *, encoder_id: str | None = None,
+                   previous=None, store_dtype: str = "float32", shard_records: int = 256,
+                   extra_index: Mapping | None = None) -> tuple[dict, dict]:
+    """Writes the cache `folder` holding every distinct prompt of `prompts`, each encoded once:
+    taken from the cache `previous` (a folder, or `folder` itself when it exists) when it holds
+    the prompt's key, else encoded by `encoder(list_of_prompts) -> list of [L, dim]`.
+
+    `encoder_id` defaults to `encoder.encoder_id`. Returns ({prompt: key}, stats)."""
+    distinct = sorted(set(prompts))
+    if encoder_id is None:
+        encoder_id = getattr(encoder, "encoder_id", None)
+        if encoder_id is None:
+            raise ValueError("encoder_id is needed (the encoder has no encoder_id attribute)")
+    keys = {p: prompt_key(p, encoder_id) for p in distinct}
+    folder = Path(folder)
+    previous_folder = Path(previous) if previous is not None else (
+        folder if (folder / INDEX).is_file() else None)
+    old = TextCache.open_if_present(previous_folder)
+    reused = {p for p in distinct if old is not None and keys[p] in old}
+    missing = [p for p in distinct if p not in reused]
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pending = tmp / "pending.array_record"
+    new_reader = None
+    try:
+        if missing:
+            writer = _writer(pending)
+            for start in range(0, len(missing), 64):          # bounded memory
+                chunk = missing[start:start + 64]
+                embeddings = encoder(chunk)
+                if len(embeddings) != len(chunk):
+                    raise TextCacheError(f"the encoder returned {len(embeddings)} embeddings "
+                                         f"for {len(chunk)} prompts")
+                for p, emb in zip(chunk, embeddings):
+                    writer.write(encode_entry(keys[p], p, encoder_id, emb, store_dtype))
+            writer.close()
+        new_reader = _reader(pending) if missing else None
+        position = {p: i for i, p in enumerate(missing)}
+        items = []
+        for p in distinct:
+            if p in position:
+                items.append((keys[p], p, lambda i=position[p]: new_reader.read([i])[0]))
+            else:
+                items.append((keys[p], p, _reencoded(old, keys[p], store_dtype)))
+        out = tmp / "cache"
+        index = write_cache(out, items, encoder_id, shard_records, extra_index)
+        if old is not None:
+            old.close()
+        if folder.exists():
+            shutil.rmtree(folder)
+        out.rename(folder)
+    finally:
+        if new_reader is not None:
+            new_reader.close()
+        if old is not None:
+            old.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    stats = {"distinct_prompts": len(distinct), "encoded": len(missing), "reused": len(reused),
+             "entries": len(index["entries"])}
+    return keys, stats
+
+
+def _reencoded(cache: TextCache, key: str, store_dtype: str) -> Callable[[], bytes]:
+    def read():
+        raw = cache.raw(key)
+        entry = decode_entry(raw)
+        if STORE_DTYPES[store_dtype] == msgpack.unpackb(raw, raw=False)["dtype"]:
+            return raw
+        return encode_entry(key, entry["prompt"], entry["encoder_id"], entry["embedding"],
+                            store_dtype)
+    return read
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts of a dataset
+# ----------------------------------------------------------------------------------------------
+
+
+def load_prompts(path) -> dict[str, str]:
+    """`{key: prompt}` from a JSON object, JSON lines (`{"key", "prompt"}`) or TSV file."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("{") and not path.suffix == ".jsonl":
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and set(data) != {"key", "prompt"}:
+            bad = [k for k, v in data.items() if not isinstance(v, str)]
+            if bad:
+                raise TextCacheError(f"{path}: prompts must be strings (keys {bad[:5]})")
+            return dict(data)
+    prompts = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                row = json.loads(line)
+                key, prompt = row["key"], row["prompt"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise TextCacheError(f"{path}:{n}: not a {{\"key\", \"prompt\"}} line ({e})")
+        elif "\t" in line:
+            key, prompt = line.split("\t", 1)
+        else:
+            raise TextCacheError(f"{path}:{n}: expected JSON or KEY<TAB>PROMPT")
+        if key in prompts and prompts[key] != prompt:
+            raise TextCacheError(f"{path}:{n}: key {key!r} has two prompts")
+        prompts[str(key)] = str(prompt)
+    return prompts
+
+
+def resolve_prompts(entries: Iterable[Mapping], prompts: Mapping[str, str] | None,
+                    default: str | None) -> tuple[dict[str, str], list[str]]:
+    """(`{record key: prompt}`, keys that got `default`) for manifest index entries: the prompt
+    listed under the record's key, else its source_id, else its video path, else `default` (an
+    error if empty)."""
+    prompts = prompts or {}
+    out, missing, defaulted = {}, [], []
+    for e in entries:
+        for name in ("key", "source_id", "video_path"):
+            value = e.get(name)
+            if value is not None and value in prompts:
+                out[e["key"]] = prompts[value]
+                break
+        else:
+            if default:
+                out[e["key"]] = default
+                defaulted.append(e["key"])
+            else:
+                missing.append(e["key"])
+    if missing:
+        raise TextCacheError(f"no prompt for {len(missing)} clip(s) and no default_prompt: "
+                             + ", ".join(missing[:10]))
+    return out, defaulted
+
+
+def _make_encoder(config):
+    from mtvjax.models.umt5 import TextEncoder
+    if not config.encoder or not config.tokenizer:
+        raise ValueError("text.encoder (a convert_umt5 checkpoint) and text.tokenizer (the umT5 "
+                         "tokenizer folder) are needed to encode prompts")
+    return TextEncoder.from_checkpoint(config.encoder, config.tokenizer, dtype=config.dtype,
+                                       batch_size=config.batch_size)
+
+
+def text_step(config, root, manifest: dict, encoder=None, previous=None) -> dict | None:
+    """The build step. `config`: the `text` section (`default_config()`); `root`: the dataset
+    folder being written (the build's temporary folder); `manifest`: its manifest dict, not yet
+    saved. Writes `root/text_cache/`, adds `text_key` to every index entry and returns (and
+    stores) `manifest["text"]`. `encoder`: an encoder with `encoder_id` (default: built from
+    `config.encoder` / `config.tokenizer`, its weights read only if a prompt is not cached);
+    `previous`: an earlier `text_cache/` to reuse entries from. Returns None when disabled."""
+    if not config.get("enabled", False):
+        return None
+    if encoder is None:
+        encoder = _make_encoder(config)
+    entries = [e for split in sorted(manifest["index"]) for e in manifest["index"][split]]
+    prompts = load_prompts(config.prompts) if config.get("prompts") else {}
+    per_record, defaulted = resolve_prompts(entries, prompts, config.get("default_prompt"))
+    negative = config.get("negative_prompt") or ""
+    wanted = list(per_record.values()) + ([negative] if negative else [])
+    keys, stats = encode_prompts(wanted, Path(root) / CACHE_DIR, encoder,
+                                 encoder_id=encoder.encoder_id, previous=previous,
+                                 store_dtype=config.get("store_dtype", "float32"),
+                                 shard_records=config.get("shard_records", 256),
+                                 extra_index={"negative": keys_of(negative, encoder.encoder_id)})
+    for split in manifest["index"]:
+        for e in manifest["index"][split]:
+            e["text_key"] = keys[per_record[e["key"]]]
+    section = {"folder": CACHE_DIR, "encoder_id": encoder.encoder_id,
+               "negative_prompt": negative or None,
+               "negative_key": keys[negative] if negative else None,
+               "clips": len(entries), "clips_with_default_prompt": len(defaulted), **stats}
+    manifest["text"] = section
+    return section
+
+
+def keys_of(prompt: str, encoder_id: str) -> str | None:
+    return prompt_key(prompt, encoder_id) if prompt else None
+
+
+def add_text_cache(dataset, config, encoder=None) -> dict:
+    """`text_step` on an already-built dataset folder: reuses its current cache, rewrites
+    `manifest.json` (atomically, by rename). Returns the manifest's `text` section."""
+    from mtvjax.data.shards import MANIFEST
+    root = Path(dataset)
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    section = text_step(config, root, manifest, encoder)
+    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, root / MANIFEST)
+    return section
+
+
+class DatasetText:
+    """The prompt embeddings of a built dataset: `for_record(key)`, `negative()`,
+    `batch(record_keys, text_len)`."""
+
+    def __init__(self, dataset):
+        from mtvjax.data.shards import MANIFEST
+        root = Path(dataset)
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        if "text" not in manifest:
+            raise TextCacheError(f"{root}: the dataset has no prompt embeddings (build it with "
+                                 "text.enabled=True or run add_text_cache)")
+        self.section = manifest["text"]
+        self.cache = TextCache(root / self.section["folder"])
+        self.keys = {e["key"]: e["text_key"] for split in manifest["index"]
+                     for e in manifest["index"][split]}
+
+    def for_record(self, key: str) -> np.ndarray:
+        return self.cache.get(self.keys[key])
+
+    def prompt(self, key: str) -> str:
+        return self.cache.prompt(self.keys[key])
+
+    def negative(self) -> np.ndarray | None:
+        key = self.section.get("negative_key")
+        return None if key is None else self.cache.get(key)
+
+    def batch(self, record_keys: Sequence[str], text_len: int = 512):
+        return self.cache.padded([self.keys[k] for k in record_keys], text_len)
