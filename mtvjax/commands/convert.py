@@ -7,6 +7,10 @@
   mtvjax convert mvdit7b --src CogVideoX-5b/transformer --source_format cogvideox --dst ckpt/base7b
   mtvjax convert mvdit17b --src MV-DiT/Wan --lora motion_lora.safetensors --dst ckpt/mvdit17b
   mtvjax convert mvdit17b --src Wan2.1-I2V-14B --source_format wan --dst ckpt/base17b
+  mtvjax convert lpips --src alexnet-owt-7be5be79.pth --lin lpips/weights/v0.1/alex.pth \
+      --dst ckpt/lpips
+  mtvjax convert inception --src pt_inception-2015-12-05-6726825d.pth --dst ckpt/inception_fid
+  mtvjax convert i3d --src rgb_imagenet.pt --dst ckpt/i3d_400
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ flags.DEFINE_string("joint_positions", None, "mvdit7b: dataset-mean joints .npy 
 flags.DEFINE_enum("source_format", "auto", ["auto", "mvdit", "cogvideox", "wan"],
                   "mvdit*: released MV-DiT weights, or the base model the paper starts from.")
 flags.DEFINE_string("lora", None, "mvdit17b: LoRA file merged into the weights first.")
+flags.DEFINE_string("lin", None, "lpips: the lpips package's linear heads (weights/v0.1/"
+                    "alex.pth or vgg.pth) when --src is the torchvision backbone.")
 flags.DEFINE_integer("seed", 0, "Seed of freshly initialised modules (base-model conversion).")
 flags.mark_flags_as_required(["src", "dst"])
 FLAGS = flags.FLAGS
@@ -62,7 +68,20 @@ def convert_mvdit17b():
     return str(convert(FLAGS.src, FLAGS.dst, lora=FLAGS.lora, variant=_variant("mvdit17b"), seed=FLAGS.seed))
 
 
-CONVERTERS = {"4dmot": convert_4dmot, "mvdit7b": convert_mvdit7b, "mvdit17b": convert_mvdit17b}
+def _feature_net(kind: str):
+    def convert():
+        from mtvjax.checkpoint.convert_feature_nets import convert_feature_net
+        s = convert_feature_net(kind, FLAGS.src, FLAGS.dst, lin=FLAGS.lin)
+        details = ", ".join(f"{k} {s[k]}" for k in ("net", "width_divisor", "num_classes")
+                            if k in s)
+        return (f"{kind}: {s['tensors']} tensors, {s['params']:,} values ({details}), "
+                f"{len(s['skipped'])} skipped")
+    return convert
+
+
+CONVERTERS = {"4dmot": convert_4dmot, "mvdit7b": convert_mvdit7b, "mvdit17b": convert_mvdit17b,
+              "lpips": _feature_net("lpips"), "inception": _feature_net("inception"),
+              "i3d": _feature_net("i3d")}
 
 
 def main(argv):

@@ -1,4 +1,6 @@
-"""`mtvjax eval --config configs/eval_4dmot.py:NAME [--config.checkpoint=DIR]`: a JSON report + table."""
+"""`mtvjax eval --config configs/eval_4dmot.py:NAME [--config.checkpoint=DIR]` (a 4DMoT tokenizer)
+or `mtvjax eval --config configs/eval_video.py:NAME` (generated vs ground-truth videos; a config
+with `generated_dir`): a JSON report + table."""
 from __future__ import annotations
 
 import os
@@ -6,7 +8,8 @@ import os
 from absl import flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. configs/eval_4dmot.py:sample.")
+config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. "
+                                "configs/eval_4dmot.py:sample or configs/eval_video.py:tiktok.")
 FLAGS = flags.FLAGS
 
 
@@ -16,13 +19,23 @@ def main(argv):
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None:
         raise SystemExit("mtvjax eval: --config is required")
-    from mtvjax.evaluate.tokenizer_eval import evaluate, format_table, write_report
     config = FLAGS.config
+    video = "generated_dir" in config      # configs/eval_video.py
+    if video:
+        from mtvjax.evaluate.video_eval import (default_report_path, evaluate, format_table,
+                                                write_report)
+    else:
+        from mtvjax.evaluate.tokenizer_eval import evaluate, format_table, write_report
     try:
         report = evaluate(config)
     except (OSError, ValueError) as e:
         raise SystemExit(f"mtvjax eval: {e}") from e
-    path = config.report or os.path.join(config.checkpoint, f"eval_{config.name}.json")
+    if config.report:
+        path = config.report
+    elif video:
+        path = default_report_path(config)
+    else:
+        path = os.path.join(config.checkpoint, f"eval_{config.name}.json")
     write_report(report, path)
     print(format_table(report))
     print(f"report: {path}")
