@@ -10,9 +10,9 @@ import sys
 
 SUBCOMMANDS = {
     "train": "Train a model from a config (`--config configs/4dmot.py:tiny --workdir DIR`).",
-    "convert": "Convert released PyTorch weights (`4dmot --src FILE.pt --dst DIR --mean M --std S`).",
+    "convert": "PyTorch weights → Orbax (`4dmot|mvdit7b|mvdit17b|umt5|clip|lpips|inception|i3d`).",
     "tokenize": "Motion file → 4DMoT tokens and reconstruction (`--checkpoint DIR --motion F --out O.npz`).",
-    "eval": "Evaluate from a config (`--config configs/eval_4dmot.py:NAME`).",
+    "eval": "Evaluate from a config (`configs/eval_4dmot.py:NAME` or `configs/eval_video.py:NAME`).",
     "viz": "Render motion (`motion --motion F [--recon F] --out O.mp4`) or code usage (`codebook`).",
 }
 

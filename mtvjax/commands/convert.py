@@ -7,6 +7,9 @@
   mtvjax convert mvdit7b --src CogVideoX-5b/transformer --source_format cogvideox --dst ckpt/base7b
   mtvjax convert mvdit17b --src MV-DiT/Wan --lora motion_lora.safetensors --dst ckpt/mvdit17b
   mtvjax convert mvdit17b --src Wan2.1-I2V-14B --source_format wan --dst ckpt/base17b
+  mtvjax convert umt5 --src Wan2.1/models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
+  mtvjax convert clip --src Wan2.1/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth \
+      --dst ckpt/clip
   mtvjax convert lpips --src alexnet-owt-7be5be79.pth --lin lpips/weights/v0.1/alex.pth \
       --dst ckpt/lpips
   mtvjax convert inception --src pt_inception-2015-12-05-6726825d.pth --dst ckpt/inception_fid
@@ -79,7 +82,17 @@ def _feature_net(kind: str):
     return convert
 
 
+def _encoder(name: str, default_variant: str):
+    def convert():
+        from mtvjax.checkpoint import convert_encoders
+        fn = getattr(convert_encoders, f"convert_{name}")
+        variant = default_variant if FLAGS.variant is None else (FLAGS.variant or None)
+        return str(fn(FLAGS.src, FLAGS.dst, variant))
+    return convert
+
+
 CONVERTERS = {"4dmot": convert_4dmot, "mvdit7b": convert_mvdit7b, "mvdit17b": convert_mvdit17b,
+              "umt5": _encoder("umt5", "umt5-xxl"), "clip": _encoder("clip_vision", "clip-vit-h-14"),
               "lpips": _feature_net("lpips"), "inception": _feature_net("inception"),
               "i3d": _feature_net("i3d")}
 
