@@ -94,7 +94,7 @@ def restore(directory):
     config = ml_collections.ConfigDict(config)
     model, tx = steps.build_model(config.model), steps.make_optimizer(config)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = abstract_like(conv.abstract_state(config, model, tx), sharding)
+    abstract = abstract_like(steps.abstract_state(config, model, tx), sharding)
     checkpointer = Checkpointer(str(directory), create=False)
     state = checkpointer.restore(step, abstract)
     checkpointer.close()
@@ -122,7 +122,7 @@ def test_parity_with_torch_reference(converted, sample, frames, count):
         t_q, _ = torch_model.quantize(t_z)
     gap = nearest_gap(t_z.permute(0, 2, 3, 1).reshape(-1, t_z.shape[1]), torch_model.vq.codebook)
     assert gap > 1e-5, "a near-tie between codes: token parity would be ill-posed for this seed"
-    forward = jax.jit(functools.partial(steps.forward, model, differential=False))
+    forward = jax.jit(functools.partial(steps.forward, model, sw=steps.Switches(differential=False)))
     decode = jax.jit(lambda p, q: model.apply({"params": p}, q, method=FourDMoT.decode))
     with jax.default_matmul_precision("highest"):
         out = forward(state.params, state.quantizer["codebook"], motion, state.stats)
@@ -227,7 +227,7 @@ def test_cli_convert(sample, tmp_path):
     assert config["model"]["codebook_size"] == 256
     bad = subprocess.run(cmd[:4] + ["mystery"] + cmd[5:], env=env, capture_output=True, text=True,
                          timeout=120)
-    assert bad.returncode != 0 and "expected one model name out of 4dmot, mvdit7b, mvdit17b, got mystery" in bad.stderr
+    assert bad.returncode != 0 and "expected one model name out of 4dmot" in bad.stderr and "got mystery" in bad.stderr
 
 
 def test_full_size_layout_and_parameter_count():
@@ -241,6 +241,6 @@ def test_full_size_layout_and_parameter_count():
                                                for k, v in config.model.items()
                                                if k in conv.INFERRED_FIELDS}
     flax_model, tx = steps.build_model(config.model), steps.make_optimizer(config)
-    abstract = conv.abstract_state(config, flax_model, tx)
+    abstract = steps.abstract_state(config, flax_model, tx)
     assert sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params)) == 48_323_075
     conv.check_layout(shapes, conv.target_shapes(abstract), conv.name_table(config.model), "meta")

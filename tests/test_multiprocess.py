@@ -60,7 +60,7 @@ def test_two_processes_killed_and_resumed_match_one_process(single_process_run, 
 
     def launch():
         env = _env(4, PORT=portpicker.pick_unused_port(), DEVICES_PER_PROCESS=4,
-                   MTVJAX_HEARTBEAT_TIMEOUT=20)
+                   MTVJAX_HEARTBEAT_TIMEOUT=90)
         return subprocess.Popen(script + FLAGS, env=env, start_new_session=True)
 
     first = launch()

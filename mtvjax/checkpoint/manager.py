@@ -15,7 +15,8 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def _manager(directory: str, keep: int | None, create: bool) -> ocp.CheckpointManager:
+def _manager(directory, keep: int | None, create: bool) -> ocp.CheckpointManager:
+    directory = str(directory)
     return ocp.CheckpointManager(
         directory if "://" in directory else os.path.abspath(directory),   # gs://... as is
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
