@@ -18,6 +18,8 @@ from conftest import REPO_ROOT
 from mtvjax.tokenizer import Tokenizer
 from mtvjax.train.metric_writer import read_metrics
 
+pytestmark = pytest.mark.multiprocess
+
 CONFIG = f"{REPO_ROOT / 'configs' / '4dmot.py'}:tiny"
 FLAGS = ["--config.data.batch_size=8", "--config.data.frame_counts=(33,)",
          "--config.data.synthetic_sequences=16", "--config.data.synthetic_frames=(60, 80)",
