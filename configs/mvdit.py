@@ -9,6 +9,14 @@
 17,443,864,384 parameters of which 1,048,985,600 (the motion attention) train in the release).
 `mesh`, `sharding_rules`, `remat` and the dtypes are shared by all families.
 
+Training (`mtvjax train --config configs/mvdit.py:VARIANT --workdir DIR`, in
+mtvjax/train/mvdit_trainer.py) reads the sections `data` (latent shards from
+`python -m data_pipeline.latents`, or the embedded synthetic latents), `motion` (precomputed tokens
+in the records, or a frozen 4DMoT run inside the step), `schedule` (v-prediction for cogvideox,
+flow matching for wan), `optim` and `train`. `train.dtype` is the compute dtype of the train step
+(bf16 for 7b/17b; the parameters and the optimiser state stay float32); the top-level `dtype` is
+the inference dtype.
+
 `7b` is the released MV-DiT-7B: 42 layers, 48 heads × 64 = 3072, E 512, text 4096 (the
 CogVideoX-5B base config, reference_mvdit7b.md §1), 7,157,411,904 parameters (1,529 tensors).
 Its motion RoPE needs the dataset-mean joints (`data/mean.npy`): set `model.joint_positions_path`
@@ -32,7 +40,7 @@ SHARDING_RULES = (
     ("kv", None),
     ("layers", None),
     ("sublayers", None),
-    ("time_embed", None),
+    ("time_embed", "fsdp"),       # modulation kernels [E, k·D] are FSDP-sharded on E
     ("patch", None),
     ("text_embed", None),
     ("motion_tokens", None),
@@ -96,4 +104,91 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: remaining devices
     c.sharding_rules = SHARDING_RULES
+    add_training(c, variant)
     return c
+
+
+def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
+    """The training sections (data, motion, schedule, optim, train) of an MV-DiT config."""
+    family = c.model.family
+    full_size = variant in ("7b", "17b")
+    c.data = ml_collections.ConfigDict(dict(
+        source="synthetic",        # synthetic (made in memory) | shards (data_pipeline.latents)
+        path="",                   # shards: the built dataset folder (or DATASET/SPLIT)
+        split="train",
+        val_path="",               # optional held-out shards for the final evaluation
+        batch_size=8,              # global batch (all processes, all accumulation steps)
+        num_threads=2,
+        prefetch=4,
+        shuffle_seed=0,
+        text_rows=0,               # pad text embeddings to this many rows (0: longest in batch)
+        # synthetic source: procedural motion rendered to latents (mtvjax.data.latent_records)
+        synthetic_windows=512,
+        synthetic_frames=49,       # pixel frames per window (8k + 1); latent frames 1 + (n-1)/4
+        synthetic_latent_size=(64, 64),
+        synthetic_text_rows=0,     # rows of a per-motion-kind text embedding (0: no text)
+        # projection: stand-in motion tokens (fixed random projection of the joints) in the
+        # items; none: tokens come from the frozen 4DMoT (motion.tokenizer_checkpoint)
+        synthetic_tokens="projection",
+    ))
+    c.motion = ml_collections.ConfigDict(dict(
+        tokens="auto",             # auto | records | tokenizer
+        tokenizer_checkpoint="",   # a 4DMoT checkpoint folder; run frozen inside the step
+        tokenizer_step=-1,         # -1: its latest step
+    ))
+    if family == "cogvideox":
+        c.schedule = ml_collections.ConfigDict(dict(
+            kind="v_prediction",   # CogVideoX-5B: scaled-linear betas, zero-terminal SNR
+            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+            snr_shift_scale=1.0, rescale_betas_zero_snr=True))
+    else:
+        c.schedule = ml_collections.ConfigDict(dict(
+            kind="flow_matching",  # Wan: x_t = (1 - σ)·x0 + σ·ε, target ε - x0, σ shifted
+            num_train_timesteps=1000, shift=5.0))
+    c.optim = ml_collections.ConfigDict(dict(
+        learning_rate=2e-5,
+        warmup_steps=300,          # linear from 0, then constant
+        b1=0.9,
+        b2=0.99,
+        eps=1e-8,
+        weight_decay=1e-2,
+        grad_clip_norm=1.0,        # 0 disables clipping
+        grad_accum_steps=1,        # micro-batches per step (data.batch_size divides by it)
+        # all | motion: only the motion attention (+ unconditional motion tokens); the other
+        # parameters are frozen (kept bit-identical, no optimiser state, no gradients).
+        trainable="all" if family == "cogvideox" else "motion",
+    ))
+    c.train = ml_collections.ConfigDict(dict(
+        num_steps=100_000,
+        dtype="bfloat16" if full_size else "float32",   # compute dtype of the train step
+        motion_drop_prob=0.2,      # motion tokens -> learnable unconditional tokens
+        text_drop_prob=0.1,        # text embeddings -> none (wan; cogvideox has no text input)
+        fit_uncond_motion=True,    # give the model unconditional tokens of the data's [M, width]
+        init_from="",              # converted/pretrained params checkpoint (convert command)
+        log_every=50,
+        checkpoint_every=1000,
+        keep_checkpoints=3,
+        stop_after_steps=0,        # >0: checkpoint and exit after this many steps of this run
+        eval_batches=0,            # batches of the final evaluation (fixed noise), 0: none
+        peak_flops_per_device=0.0,  # for MFU; 0: measure an f32 matmul on this machine
+    ))
+    c.resume = True
+    if variant == "tiny":
+        c.data.synthetic_windows = 64
+        c.data.synthetic_frames = 9
+        c.data.synthetic_latent_size = (8, 8)
+        c.optim.learning_rate = 1e-3
+        c.optim.warmup_steps = 10
+        c.train.num_steps = 200
+        c.train.log_every = 10
+        c.train.checkpoint_every = 100
+    elif variant == "tiny17b":
+        c.data.synthetic_windows = 64
+        c.data.synthetic_frames = 9
+        c.data.synthetic_latent_size = (8, 8)
+        c.data.synthetic_text_rows = 4
+        c.optim.learning_rate = 1e-3
+        c.optim.warmup_steps = 10
+        c.train.num_steps = 200
+        c.train.log_every = 10
+        c.train.checkpoint_every = 100

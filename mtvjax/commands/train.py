@@ -16,7 +16,15 @@ def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     from mtvjax.parallel.distributed import initialize_from_env
-    from mtvjax.train.fourdmot_trainer import train
+    config = FLAGS.config
+    if "model" in config and "family" in config.model:      # MV-DiT (configs/mvdit.py)
+        from mtvjax.train.mvdit_trainer import train
+    elif "quantizer" in config:                              # 4DMoT (configs/4dmot.py)
+        from mtvjax.train.fourdmot_trainer import train
+    else:
+        raise SystemExit("the config is neither a 4DMoT config (config.quantizer) nor an MV-DiT "
+                         "config (config.model.family)")
     initialize_from_env()
-    _, summary = train(FLAGS.config, FLAGS.workdir)
-    print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+    _, summary = train(config, FLAGS.workdir)
+    if summary:
+        print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
