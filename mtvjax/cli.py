@@ -10,9 +10,12 @@ import sys
 
 SUBCOMMANDS = {
     "train": "Train a model from a config (`--config configs/4dmot.py:tiny --workdir DIR`).",
-    "convert": "PyTorch weights → Orbax (`4dmot|mvdit7b|mvdit17b|umt5|clip|lpips|inception|i3d`).",
+    "convert": "PyTorch weights → Orbax (`4dmot|mvdit7b|mvdit17b|vae_cogvideox|vae_wan|umt5|clip|"
+               "lpips|inception|i3d`).",
     "tokenize": "Motion file → 4DMoT tokens and reconstruction (`--checkpoint DIR --motion F --out O.npz`).",
     "eval": "Evaluate from a config (`configs/eval_4dmot.py:NAME` or `configs/eval_video.py:NAME`).",
+    "animate": "Reference image + motion → video (`--config configs/animate.py:7b --ref-image I "
+               "--motion F --out O.mp4`).",
     "viz": "Render motion (`motion --motion F [--recon F] --out O.mp4`) or code usage (`codebook`).",
 }
 

@@ -478,7 +478,9 @@ def convert_clip_state_dict(src, variant="clip-vit-h-14"
 # ----------------------------------------------------------------------------------------------
 
 
-def _save(dst, family: str, config, params, report) -> dict:
+def save_converted(dst, family: str, config, params, report) -> dict:
+    """Writes `{"params": params}` as step 0 under `dst` (absent or empty) with the JSON
+    `{family, variant, model: config fields, conversion: report}` the loaders read."""
     dst = os.path.abspath(dst)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise FileExistsError(f"{dst}: destination exists and is not an empty folder")
@@ -495,14 +497,14 @@ def convert_umt5(src, dst, variant="umt5-xxl") -> dict:
     """Converts umT5 encoder weights at `src` (transformers or Wan naming) into an Orbax
     checkpoint (step 0) under `dst` (absent or empty). Returns a summary dict."""
     config, params, report = convert_umt5_state_dict(src, variant)
-    return _save(dst, T.FAMILY, config, params, report)
+    return save_converted(dst, T.FAMILY, config, params, report)
 
 
 def convert_clip_vision(src, dst, variant="clip-vit-h-14") -> dict:
     """Converts CLIP vision weights at `src` (transformers, Wan or open_clip naming) into an
     Orbax checkpoint (step 0) under `dst`. Returns a summary dict."""
     config, params, report = convert_clip_state_dict(src, variant)
-    return _save(dst, C.FAMILY, config, params, report)
+    return save_converted(dst, C.FAMILY, config, params, report)
 
 
 def _load(directory, family: str, make, shapes_fn, step=None):

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mtvjax.checkpoint.convert_encoders import save_converted
 from mtvjax.checkpoint.manager import Checkpointer, abstract_like, read_config
 from mtvjax.checkpoint.tables import (AS_IS, ConversionError, Entry, Rule, TensorSource,
                                       check_layout, fill_targets, format_keys)
@@ -239,17 +240,11 @@ def convert_state_dict(src, variant="wan2.1") -> tuple[V.WanVAEConfig, dict, dic
 def convert_vae_wan(src, dst, variant="wan2.1") -> dict:
     """Converts the Wan 2.1 VAE at `src` into an Orbax checkpoint (step 0) under `dst` (must be
     absent or an empty folder). Returns a summary dict."""
-    dst = os.path.abspath(dst)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise FileExistsError(f"{dst}: destination exists and is not an empty folder")
+        raise FileExistsError(f"{os.path.abspath(dst)}: destination exists and is not an empty "
+                              "folder")
     config, params, report = convert_state_dict(src, variant)
-    config_json = {"family": V.FAMILY, "variant": report["variant"],
-                   "model": config.to_fields(), "conversion": report}
-    checkpointer = Checkpointer(dst, keep=None)
-    checkpointer.save(0, {"params": params}, None, config_json, force=True)
-    checkpointer.wait()
-    checkpointer.close()
-    return {**report, "dst": dst, "step": 0, "model": config.to_fields()}
+    return save_converted(dst, V.FAMILY, config, params, report)
 
 
 def load_converted(directory, step: int | None = None) -> tuple[V.WanVAEConfig, dict]:

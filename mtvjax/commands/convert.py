@@ -7,6 +7,8 @@
   mtvjax convert mvdit7b --src CogVideoX-5b/transformer --source_format cogvideox --dst ckpt/base7b
   mtvjax convert mvdit17b --src MV-DiT/Wan --lora motion_lora.safetensors --dst ckpt/mvdit17b
   mtvjax convert mvdit17b --src Wan2.1-I2V-14B --source_format wan --dst ckpt/base17b
+  mtvjax convert vae_cogvideox --src CogVideoX-5b/vae --dst ckpt/vae_cogvideox
+  mtvjax convert vae_wan --src Wan2.1/Wan2.1_VAE.pth --dst ckpt/vae_wan
   mtvjax convert umt5 --src Wan2.1/models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
   mtvjax convert clip --src Wan2.1/models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth \
       --dst ckpt/clip
@@ -91,7 +93,19 @@ def _encoder(name: str, default_variant: str):
     return convert
 
 
+def _vae(name: str, default_variant: str):
+    def convert():
+        import importlib
+        module = importlib.import_module(f"mtvjax.checkpoint.convert_{name}")
+        variant = default_variant if FLAGS.variant is None else (FLAGS.variant or None)
+        summary = getattr(module, f"convert_{name}")(FLAGS.src, FLAGS.dst, variant)
+        return f"{name}: {summary.get('tensors', '?')} tensors, variant {summary.get('variant')}"
+    return convert
+
+
 CONVERTERS = {"4dmot": convert_4dmot, "mvdit7b": convert_mvdit7b, "mvdit17b": convert_mvdit17b,
+              "vae_cogvideox": _vae("vae_cogvideox", "cogvideox-5b"),
+              "vae_wan": _vae("vae_wan", "wan2.1"),
               "umt5": _encoder("umt5", "umt5-xxl"), "clip": _encoder("clip_vision", "clip-vit-h-14"),
               "lpips": _feature_net("lpips"), "inception": _feature_net("inception"),
               "i3d": _feature_net("i3d")}

@@ -67,8 +67,9 @@ def make_sample_fn(denoise_fn: Callable, sampler, shape: Sequence[int], dtype=jn
                    guidance: Guidance | None = None, batch_cfg: bool = True,
                    init_noise_sigma: float = 1.0,
                    post_step_fn: Callable | None = None, return_trajectory: bool = False,
+                   step_callback: Callable[[int], None] | None = None,
                    jit: bool = True) -> Callable:
-    """Build ``run(key, *model_args, latents=None)`` → final latents (dtype ``dtype``).
+    """Build ``run(key, *model_args, latents=None, post_args=())`` → final latents (``dtype``).
 
     * ``sampler``: from `mtvjax.sample.samplers` (cogvideox_dpm / cogvideox_ddim / flow_euler /
       flow_unipc).
@@ -78,9 +79,12 @@ def make_sample_fn(denoise_fn: Callable, sampler, shape: Sequence[int], dtype=jn
     * ``guidance``: a `Guidance` (None: no CFG, one conditional call per step).
     * ``batch_cfg``: True → one model call per step on the branch-concatenated batch (as the
       released pipelines do); False → one call per branch.
-    * ``post_step_fn(latents, i, key) -> latents``: optional hook after step i (e.g. the 17B
-      long-video overwrite of the first latent frames; `sampler.sigmas[i + 1]` is σ_next).
+    * ``post_step_fn(latents, i, key, *post_args) -> latents``: optional hook after step i (e.g.
+      the long-video pinning of the first latent frames, `long_video.pin_first_latents`);
+      ``post_args`` are given to ``run`` (jit arguments, like ``model_args``).
     * ``return_trajectory``: also return the [N, *shape] latents after each step.
+    * ``step_callback(i)``: a host function called (through `jax.debug.callback`) as each step
+      finishes, e.g. to advance a progress bar; it sees only the step index.
 
     The whole loop (noise, every model call, guidance and step) is one `jax.jit` (a `lax.scan`
     over the step index); the schedule tables are compile-time constants.
@@ -92,7 +96,7 @@ def make_sample_fn(denoise_fn: Callable, sampler, shape: Sequence[int], dtype=jn
     if guidance is not None and guidance.active and guidance.dynamic:
         scale_table = guidance.scales_at(ts_table, n).astype(np.float32)
 
-    def run(key, *model_args, latents=None):
+    def run(key, *model_args, latents=None, post_args=()):
         k_init, k_step, k_post = jax.random.split(key, 3)
         if latents is None:
             x = (jax.random.normal(k_init, shape, jnp.float32) * init_noise_sigma).astype(dtype)
@@ -111,7 +115,10 @@ def make_sample_fn(denoise_fn: Callable, sampler, shape: Sequence[int], dtype=jn
             x_new, state = sampler.step(i, x, pred, state, noise)
             x_new = x_new.astype(dtype)
             if post_step_fn is not None:
-                x_new = post_step_fn(x_new, i, jax.random.fold_in(k_post, i)).astype(dtype)
+                x_new = post_step_fn(x_new, i, jax.random.fold_in(k_post, i),
+                                     *post_args).astype(dtype)
+            if step_callback is not None:
+                jax.debug.callback(lambda j, x: step_callback(int(j)), i, x_new[(0,) * x_new.ndim])
             return (x_new, state), (x_new if return_trajectory else None)
 
         (x, _), traj = jax.lax.scan(body, (x, state0), jnp.arange(n))

@@ -120,6 +120,7 @@ class CogVideoXDDIMSampler:
     a_t: np.ndarray
     b_t: np.ndarray
     prediction_type: str = "v_prediction"
+    alpha_next: np.ndarray | None = None   # float32 [N]  ᾱ after step i (1 at the end)
     needs_noise = False
 
     def init_state(self, sample):
@@ -139,7 +140,8 @@ def cogvideox_ddim(num_inference_steps: int = 50,
         bt = np.sqrt(a_prev) - np.sqrt(a_t) * at
     f32 = lambda x: np.asarray(x, np.float32)
     return CogVideoXDDIMSampler(num_inference_steps, ts.astype(np.int32), f32(np.sqrt(a_t)),
-                                f32(np.sqrt(1 - a_t)), f32(at), f32(bt), cfg.prediction_type)
+                                f32(np.sqrt(1 - a_t)), f32(at), f32(bt), cfg.prediction_type,
+                                alpha_next=f32(a_prev))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -163,6 +165,7 @@ class CogVideoXDPMSampler:
     mult_noise: np.ndarray
     second_order: np.ndarray        # bool [N], for inspection
     prediction_type: str = "v_prediction"
+    alpha_next: np.ndarray | None = None   # float32 [N]  ᾱ after step i (1 at the end)
     needs_noise = True
 
     def init_state(self, sample):
@@ -214,7 +217,7 @@ def cogvideox_dpm(num_inference_steps: int = 50,
     f32 = lambda x: np.asarray(x, np.float32)
     return CogVideoXDPMSampler(n, ts.astype(np.int32), f32(np.sqrt(a_t)), f32(np.sqrt(1 - a_t)),
                                f32(m1), f32(m2), f32(m3), f32(m4), f32(mn), second,
-                               cfg.prediction_type)
+                               cfg.prediction_type, alpha_next=f32(a_prev))
 
 
 # ------------------------------------------------------------------------------------------------

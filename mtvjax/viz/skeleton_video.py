@@ -334,16 +334,31 @@ def render_motion_panels(motions: Sequence[np.ndarray], out_path, titles: Sequen
     Returns:
       `out_path` as a `Path`.
     """
+    _check_output(out_path, fps)     # before the (slow) rendering
+    frames = render_motion_frames(motions, titles, size, background_frames, shared_camera)
+    return write_video(frames, out_path, fps)
+
+
+def _check_output(out_path, fps: float) -> Path:
     path = Path(out_path)
-    suffix = path.suffix.lower()
-    if suffix not in (".mp4", ".gif"):
+    if path.suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"cannot write {str(path)!r}: unknown video suffix {path.suffix!r} "
                          "(use .mp4 or .gif)")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    frames = render_motion_frames(motions, titles, size, background_frames, shared_camera)
+    return path
+
+
+def write_video(frames: np.ndarray, out_path, fps: float) -> Path:
+    """Writes uint8 `[frames, H, W, 3]` as `.mp4` (H.264, yuv420p, odd sizes padded to even) or
+    `.gif`; creates the parent folder. Returns the path."""
+    path = _check_output(out_path, fps)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [frames, H, W, 3], got {frames.dtype} "
+                         f"{frames.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".mp4":
+    if path.suffix.lower() == ".mp4":
         _write_mp4(frames, path, fps)
     else:
         _write_gif(frames, path, fps)

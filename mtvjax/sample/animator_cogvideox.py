@@ -1,0 +1,75 @@
+"""MV-DiT-7B (CogVideoX family) animation: reference latents, guided sampling, decoding.
+
+As the released pipeline (reference_mvdit7b.md §6): the reference image (already at the
+generation size, in [−1, 1]) is repeated over the window's frames and VAE-encoded as a video;
+the latents are a posterior *sample* and are *not* multiplied by the scaling factor, while
+decoding divides by it. Sampling is the CogVideoX DPM-Solver++(2M) SDE ("dpm", released) or DDIM
+("ddim") with motion CFG whose unconditional branch uses the model's learnable unconditional
+motion tokens. Later long-video windows pin their first latent frames to the scaled VAE latents
+of the previous window's last frames (`long_video`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtvjax.checkpoint.convert_mvdit7b import restore_mvdit7b
+from mtvjax.checkpoint.convert_vae_cogvideox import restore_vae_cogvideox
+from mtvjax.sample import guidance as G
+from mtvjax.sample import samplers
+from mtvjax.sample.animator_common import SamplingRuns, cast_floats, compute_dtype
+from mtvjax.sample.mvdit_generate import denoise_7b
+
+SAMPLERS = {"dpm": samplers.cogvideox_dpm, "ddim": samplers.cogvideox_ddim}
+
+
+class CogVideoXAnimator:
+    """Loads the converted MV-DiT-7B and CogVideoX VAE named in an animate config."""
+
+    family = "cogvideox"
+
+    def __init__(self, config, progress: bool = True):
+        s = config.sampling
+        dtype = compute_dtype(config.dtype)
+        if s.sampler not in SAMPLERS:
+            raise ValueError(f"sampling.sampler {s.sampler!r}: the 7B samples with "
+                             f"{sorted(SAMPLERS)}")
+        _, self.model, params = restore_mvdit7b(config.checkpoints.mvdit, dtype=dtype)
+        self.params = cast_floats(params, dtype)
+        _, self.vae, self.vae_params = restore_vae_cogvideox(config.checkpoints.vae,
+                                                             dtype=config.vae.dtype)
+        self.tiling = bool(config.vae.tiling)
+        self.latent_channels = int(self.vae.config.latent_channels)
+        self.spatial = self.vae.spatial_ratio
+        self.motion_width = self.model.width
+        self.runs = SamplingRuns(denoise_7b(self.model), SAMPLERS[s.sampler](s.steps),
+                                 G.motion_cfg_7b(s.motion_cfg), dtype, config.long.blend, progress)
+
+    def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
+        """Per-video conditioning: `reference` `[H, W, 3]` in [−1, 1] repeated `frames` times."""
+        video = jnp.broadcast_to(jnp.asarray(reference, jnp.float32), (1, frames) + reference.shape)
+        ref = self.vae.encode(self.vae_params, video, key=key, tiling=self.tiling, scale=False)
+        return {"ref_latents": ref}
+
+    def encode_clean(self, frames: np.ndarray) -> jax.Array:
+        """`[n, H, W, 3]` decoded frames in [−1, 1] → the model's (scaled) latents `[1, m, ...]`."""
+        return self.vae.encode(self.vae_params, jnp.asarray(frames, jnp.float32)[None],
+                               tiling=self.tiling)
+
+    def sample(self, cond: dict, tokens: jax.Array, key, previous_frames=None,
+               label: str = "sampling", motion_joints=None) -> jax.Array:
+        """Latents of one window for motion tokens `[1, M, D]`; `previous_frames` `[k, H, W, 3]`
+        (the last decoded frames of the previous window) pin the first latent frames."""
+        ref = cond["ref_latents"]
+        pinned = None if previous_frames is None else self.encode_clean(previous_frames)
+        shape = ref.shape[:-1] + (self.model.out_channels,)
+        args = (self.params, ref, tokens)
+        if motion_joints is not None:
+            args += (motion_joints,)
+        return self.runs(shape, key, args, pinned, label)
+
+    def decode(self, latents) -> np.ndarray:
+        """`[1, F, h, w, C]` → `[frames, H, W, 3]` float32 in [−1, 1]."""
+        video = self.vae.decode(self.vae_params, latents.astype(jnp.float32), tiling=self.tiling)
+        return np.clip(np.asarray(jax.device_get(video[0]), np.float32), -1.0, 1.0)

@@ -1,0 +1,85 @@
+"""What the two MV-DiT animators share: dtypes, compiled sampling runs, progress and timing.
+
+An animator (`animator_cogvideox.CogVideoXAnimator`, `animator_wan.WanAnimator`) turns one
+window of motion tokens plus the reference conditioning into denoised latents and decodes them.
+`SamplingRuns` keeps one ahead-of-time compiled sampling loop per input signature (the first
+window, and later windows with their pinned overlap latents), reports compile and sampling
+seconds separately, and drives a progress bar from the loop's step callback.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+from tqdm.auto import tqdm
+
+from mtvjax.sample.long_video import blend_weights, pin_first_latents
+from mtvjax.sample.loop import make_sample_fn
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def cast_floats(tree, dtype):
+    """Floating leaves of `tree` in `dtype` (bf16 halves the memory of a large model)."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                        tree)
+
+
+class SamplingRuns:
+    """Compiled `make_sample_fn` loops keyed by (latent shape, pinned latent frames)."""
+
+    def __init__(self, denoise_fn, sampler, guidance, latent_dtype, blend: str = "hard",
+                 progress: bool = True):
+        self.denoise_fn, self.sampler, self.guidance = denoise_fn, sampler, guidance
+        self.latent_dtype, self.blend, self.progress = latent_dtype, blend, progress
+        self._compiled = {}
+        self._bar = None
+        self.compile_seconds = 0.0
+        self.sample_seconds = 0.0
+        self.steps_run = 0
+
+    def _tick(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _get(self, shape, pinned: int, args, post_args):
+        key = (tuple(shape), pinned)
+        if key not in self._compiled:
+            post = (pin_first_latents(self.sampler, blend_weights(pinned, self.blend))
+                    if pinned else None)
+            run = make_sample_fn(self.denoise_fn, self.sampler, shape, self.latent_dtype,
+                                 guidance=self.guidance, post_step_fn=post,
+                                 step_callback=self._tick if self.progress else None)
+            start = time.perf_counter()
+            self._compiled[key] = run.lower(*args, post_args=post_args).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[key]
+
+    def __call__(self, shape, key, model_args, pinned_latents=None, label: str = "sampling"):
+        """Denoised latents of `shape`; `pinned_latents` `[B, n, ...]` hold the first n latent
+        frames to the given clean latents (long-video windows after the first)."""
+        post_args = () if pinned_latents is None else (pinned_latents,)
+        pinned = 0 if pinned_latents is None else int(pinned_latents.shape[1])
+        args = (key,) + tuple(model_args)
+        compiled = self._get(shape, pinned, args, post_args)
+        self._bar = (tqdm(total=self.sampler.num_steps, desc=label, unit="step", leave=False)
+                     if self.progress else None)
+        start = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args, post_args=post_args))
+        self.sample_seconds += time.perf_counter() - start
+        self.steps_run += self.sampler.num_steps
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        return out
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.sample_seconds / max(self.steps_run, 1)

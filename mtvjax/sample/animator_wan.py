@@ -1,0 +1,132 @@
+"""MV-DiT-17B (Wan-2.1-I2V family) animation: text, CLIP and first-frame conditioning, sampling.
+
+As the released pipeline (reference_mvdit17b.md §6): the prompt and the negative prompt are
+umT5-encoded (or read precomputed), the reference image (at its bucket size, in [−1, 1]) gives
+the CLIP features and the first frame of the conditioning video whose other frames are 0; that
+video is VAE-encoded (normalised posterior mean) and joined with a 4-channel mask that is 1 on
+the known latent frames, giving y. Sampling is flow-matching Euler ("euler", released) or UniPC
+("unipc") with text CFG (negative prompt in the unconditional slot), plus motion CFG when the
+model has unconditional motion tokens (not in the release).
+
+A long-video window after the first is conditioned as the release's second clip (§6.8): its
+conditioning video holds the previous window's last frames (mask 1 on their latent frames), its
+CLIP image is the last of them, and those latent frames are pinned after every step.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtvjax.checkpoint import convert_mvdit17b, convert_vae_wan
+from mtvjax.checkpoint.convert_encoders import load_clip_vision
+from mtvjax.models import clip_vision, mvdit_wan, vae_wan
+from mtvjax.models.image_preprocess import clip_preprocess
+from mtvjax.sample import guidance as G
+from mtvjax.sample import samplers
+from mtvjax.sample.animator_common import SamplingRuns, cast_floats, compute_dtype
+from mtvjax.sample.mvdit_generate import denoise_17b
+
+SAMPLERS = {"euler": samplers.flow_euler, "unipc": samplers.flow_unipc}
+MASK_CHANNELS = 4
+
+
+def text_embeddings(config) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt, negative prompt) embeddings `[1, L, dim]` zero-padded to one length, from
+    `config.prompt_embeddings` (.npz with `prompt` and `negative`) or the umT5 checkpoint."""
+    if config.prompt_embeddings:
+        path = config.prompt_embeddings
+        try:
+            with np.load(path) as data:
+                pos, neg = np.asarray(data["prompt"]), np.asarray(data["negative"])
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: need an .npz with arrays 'prompt' and 'negative' "
+                             f"[tokens, text_dim] ({e})") from e
+    else:
+        c = config.checkpoints
+        if not (c.text_encoder and c.text_tokenizer):
+            raise ValueError("the 17B needs checkpoints.text_encoder (mtvjax convert umt5) and "
+                             "checkpoints.text_tokenizer (the umT5 tokenizer folder), or "
+                             "prompt_embeddings (.npz)")
+        from mtvjax.models.umt5 import TextEncoder
+        encoder = TextEncoder.from_checkpoint(c.text_encoder, c.text_tokenizer,
+                                              dtype=config.text_dtype, batch_size=2)
+        pos, neg = encoder([config.prompt, config.negative_prompt])
+    if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1]:
+        raise ValueError(f"text embeddings must be [tokens, dim] of one width, got {pos.shape} "
+                         f"and {neg.shape}")
+    length = max(len(pos), len(neg))
+    pad = lambda e: np.pad(e, ((0, length - len(e)), (0, 0)))[None].astype(np.float32)
+    return pad(pos), pad(neg)
+
+
+class WanAnimator:
+    """Loads the converted MV-DiT-17B, Wan VAE, CLIP and text conditioning of an animate config."""
+
+    family = "wan"
+
+    def __init__(self, config, progress: bool = True):
+        s, c = config.sampling, config.checkpoints
+        dtype = compute_dtype(config.dtype)
+        if s.sampler not in SAMPLERS:
+            raise ValueError(f"sampling.sampler {s.sampler!r}: the 17B samples with "
+                             f"{sorted(SAMPLERS)}")
+        model_config, params = convert_mvdit17b.load_converted(c.mvdit)
+        self.model = mvdit_wan.MVDiTWan(dataclasses.replace(model_config, dtype=config.dtype))
+        self.params = cast_floats(params, dtype)
+        self.vae_config, self.vae_params = convert_vae_wan.load_converted(c.vae)
+        self.clip_config, self.clip_params = load_clip_vision(c.clip)
+        self.text, self.negative = text_embeddings(config)
+        motion_cfg = float(s.motion_cfg)
+        if motion_cfg != 1.0 and not model_config.uncond_motion:
+            raise ValueError(f"motion CFG {motion_cfg} needs a 17B with unconditional motion "
+                             "tokens (model.uncond_motion); the released 17B has none: use 1.0")
+        use_motion = motion_cfg != 1.0
+        guidance = (G.text_motion_cfg_17b(s.text_cfg, motion_cfg) if use_motion
+                    else G.text_cfg_17b(s.text_cfg))
+        self.latent_channels = model_config.out_channels
+        self.spatial = self.vae_config.spatial_factor
+        self.motion_width = model_config.motion_dim
+        self.runs = SamplingRuns(denoise_17b(self.model, use_motion), SAMPLERS[s.sampler](s.steps),
+                                 guidance, dtype, config.long.blend, progress)
+
+    def _clip(self, image: np.ndarray) -> jax.Array:
+        pixels = clip_preprocess(image[None], self.clip_config.image_size)
+        return clip_vision.encode_images(self.clip_params, pixels, self.clip_config)
+
+    def condition(self, known: np.ndarray, frames: int) -> tuple[jax.Array, int]:
+        """y `[1, F, h, w, 4 + z]` for a video whose first `len(known)` frames are given (the rest
+        0), and the number of known latent frames."""
+        video = np.zeros((1, frames) + known.shape[1:], np.float32)
+        video[0, :len(known)] = known
+        latents = vae_wan.encode(self.vae_params, video, self.vae_config)
+        count = 1 + (len(known) - 1) // self.vae_config.temporal_factor
+        mask = jnp.zeros(latents.shape[:-1] + (MASK_CHANNELS,), latents.dtype)
+        mask = mask.at[:, :count].set(1.0)
+        return jnp.concatenate([mask, latents], axis=-1), count
+
+    def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
+        """Per-video conditioning from the reference `[H, W, 3]` in [−1, 1]."""
+        y, _ = self.condition(reference[None], frames)
+        return {"y": y, "image": self._clip(reference), "frames": frames}
+
+    def sample(self, cond: dict, tokens: jax.Array, key, previous_frames=None,
+               label: str = "sampling", motion_joints=None) -> jax.Array:
+        """Latents of one window for motion tokens `[1, M, motion_dim]`."""
+        y, image, pinned = cond["y"], cond["image"], None
+        if previous_frames is not None:
+            y, count = self.condition(np.asarray(previous_frames), cond["frames"])
+            image = self._clip(np.asarray(previous_frames[-1]))
+            pinned = y[:, :count, ..., MASK_CHANNELS:]
+        shape = y.shape[:-1] + (self.latent_channels,)
+        args = (self.params, y, self.text, self.negative, image, tokens)
+        if motion_joints is not None:
+            args += (motion_joints,)
+        return self.runs(shape, key, args, pinned, label)
+
+    def decode(self, latents) -> np.ndarray:
+        """`[1, F, h, w, z]` → `[frames, H, W, 3]` float32 in [−1, 1]."""
+        video = vae_wan.decode(self.vae_params, latents.astype(jnp.float32), self.vae_config)
+        return np.asarray(jax.device_get(video[0]), np.float32)
