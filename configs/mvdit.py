@@ -23,6 +23,25 @@ Its motion RoPE needs the dataset-mean joints (`data/mean.npy`): set `model.join
 or `model.joint_positions` (a converted checkpoint stores the values). `tiny` is the reference's
 tiny config (heads 2, head_dim 64 → D 128, 2 layers, E 64, text 32; 1,746,368 parameters),
 whose (312, 3072) unconditional token cannot be used at D = 128 (§1).
+
+Motion positional encoding (both families, `config.model`; `mtvjax/models/motion_pe.py`):
+
+  motion_pe          the motion KEYS' encoding, bands [t | x | y | z]:
+    "4d"       released: t = latent frame, x/y/z = dataset-mean joints (mm, centred per axis).
+    "dynamic"  t + the clip's own first-frame joints (the model call's `motion_joints`
+               [B, 24, 3] mm, required; the trainer takes them from the records' `first_joints`).
+    "time"     the t band only (x/y/z bands at position 0, unrotated; not a whole-head 1-D RoPE).
+    "xy"       the x, y bands only;  "xyz": x, y, z (no time);  "none": no rotation.
+    "learnable" no rotation; a learned `motion_pos_embed` (joint_embed [24, D] + frame_embed
+               [max_motion_frames, D], init N(0, 0.02²)) added to the motion tokens before the
+               key/value projections.
+  motion_query_rope  the QUERIES: "vision" (released: the vision table) | "4d" (the paper's
+               formulation: (t, h, w, z=0) in the motion bands). Rule: queries use the same
+               position axes as the keys (t ↔ t, x ↔ h, y ↔ w, z ↔ 0). "4d"/"dynamic": as chosen;
+               "time": only the t band rotates; "xy"/"xyz": (h, w) only, t at 0 (the vision
+               table at (0, h, w) or the motion bands at (0, h, w, 0)); "none"/"learnable": the
+               queries are not rotated in the motion attention.
+  max_motion_frames  latent frames the "learnable" frame embedding covers (13 = 49 frames).
 """
 import ml_collections
 
@@ -44,6 +63,8 @@ SHARDING_RULES = (
     ("patch", None),
     ("text_embed", None),
     ("motion_tokens", None),
+    ("motion_joints", None),      # rows of the learnable motion PE (motion_pe="learnable")
+    ("motion_frames", None),
     ("vocab", None),
 )
 
@@ -73,6 +94,8 @@ def cogvideox_model(variant: str) -> ml_collections.ConfigDict:
         motion_every=1,            # motion cross-attention in blocks 0, k, 2k, ...; 0: none
         motion_v_norm=False,       # per-head LayerNorm on the motion values
         motion_query_rope="vision",  # "vision" | "4d": queries at (t, h, w, z=0), motion bands
+        motion_pe="4d",            # 4d | dynamic | learnable | time | xy | xyz | none (docstring)
+        max_motion_frames=13,      # latent frames of the "learnable" motion PE
         motion_out_zero_init=True,  # fresh attn0.to_out = 0 (init and base-model conversion)
         precision="default",       # matmul precision: default | high | highest
         attention_implementation="auto",

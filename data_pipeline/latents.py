@@ -16,6 +16,8 @@ package's procedural motion, motion files, or built motion shards, read by the l
   would); "projection" stores stand-in tokens (`projected_tokens`); "none" stores none (the
   trainer then needs `motion.tokenizer_checkpoint`).
 * text (`text.rows` > 0, synthetic motion only): a fixed embedding per motion kind.
+* first-frame joints `[24, 3]` mm (`first_joints`, the window's first motion frame, i.e. the
+  reference image's pose): the positions of MV-DiT's `motion_pe="dynamic"` RoPE.
 
 Windows go to `train`/`val` by a seeded hash of their clip's name (all windows of a clip in one
 split). Output folder: `manifest.json` (kind "mvdit_latents", counts, config, per-record index),
@@ -127,7 +129,8 @@ def _write(config, tmp: Path) -> dict:
             text = kind_text(name.rsplit("-", 1)[-1], config.text.rows, config.text.dim)
         writers[split].write(encode_latent_record(
             key=key, source_id=name, latents=latents, ref_latents=ref, motion=motion,
-            motion_tokens=window_tokens, text=text, latent_dtype=dtype))
+            motion_tokens=window_tokens, text=text, latent_dtype=dtype,
+            first_joints=motion[0]))
         width = None if window_tokens is None else int(window_tokens.shape[1])
         index[split].append({"key": key, "source_id": name, "start": int(start),
                              "latent_shape": list(latents.shape), "token_width": width,

@@ -89,9 +89,12 @@ def test_7b_animates_a_real_clip_into_an_mp4_deterministically(set7b, inputs, mt
     assert np.abs(read_video_frames(other).astype(int) - video.astype(int)).mean() > 1.0
 
 
-def test_7b_long_video_stitches_windows_to_the_requested_length(set7b, inputs, tmp_path):
+def test_7b_long_video_with_dynamic_pe_stitches_windows(inputs, tmp_path):
+    """Four windows of a `motion_pe="dynamic"` model, each rotated at its own first pose."""
+    dynamic = random_checkpoints.write_set(str(tmp_path / "set"), "cogvideox", WINDOW,
+                                           model_fields={"motion_pe": "dynamic"})
     out = tmp_path / "long.mp4"
-    report = animate(_config("7b", set7b, video__frames=37), inputs / "ref.png",
+    report = animate(_config("7b", dynamic, video__frames=37), inputs / "ref.png",
                      inputs / "motion.npy", out, progress=False)
     assert report["windows"] == 4 and report["window_starts"] == [0, 8, 16, 24]
     assert read_video_frames(out).shape == (37, 64, 64, 3)

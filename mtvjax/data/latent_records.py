@@ -11,7 +11,12 @@ a fixed order: `schema` ("mvdit_latents/1"), `key`, `source_id`, `fps`, and the 
                    ×4 time compression; 4DMoT gives the same F latent frames for T = 8k + 1);
 * `motion_tokens`  optional `[F·24, width]` precomputed 4DMoT tokens (frame-major);
 * `text`           optional `[L, text_dim]` text-encoder features (rows = true length);
-* `image`          optional `[N, image_dim]` CLIP-image features (the 17B's `image_emb`).
+* `image`          optional `[N, image_dim]` CLIP-image features (the 17B's `image_emb`);
+* `first_joints`   `[24, 3]` float32 mm: the first-frame joints of the record's clip window (the
+                   frame of the reference image), the positions of the MV-DiT "dynamic" motion
+                   RoPE (`model.motion_pe`). Written by every writer since it was added; a record
+                   without the key (written before) reads it as `motion[0]`, and readers that
+                   predate it ignore it, so the schema stays "mvdit_latents/1".
 
 Arrays are `{dtype, shape, data}` maps with an explicit little-endian dtype, so equal records give
 equal bytes. A built latent dataset (`python -m data_pipeline.latents`) is a folder with
@@ -48,6 +53,7 @@ MANIFEST_VERSION = 1
 FLOAT_DTYPES = ("<f4", "<f2")
 _ARRAYS = ("latents", "ref_latents", "motion", "motion_tokens", "text", "image")
 _OPTIONAL = ("motion_tokens", "text", "image")
+FIRST_JOINTS = "first_joints"     # added within schema 1: absent in older records → motion[0]
 
 
 class LatentRecordError(ValueError):
@@ -108,6 +114,10 @@ def check_fields(rec: dict) -> None:
     if tokens is not None and (tokens.ndim != 2 or tokens.shape[0] != f * NUM_JOINTS):
         raise LatentRecordError(f"motion_tokens must be [{f * NUM_JOINTS}, width], got "
                                 f"{list(tokens.shape)}")
+    joints = rec.get(FIRST_JOINTS)
+    if joints is not None and joints.shape != (NUM_JOINTS, 3):
+        raise LatentRecordError(f"first_joints must be [{NUM_JOINTS}, 3], got "
+                                f"{list(joints.shape)}")
     for name in ("text", "image"):
         if rec.get(name) is not None and rec[name].ndim != 2:
             raise LatentRecordError(f"{name} must be [rows, width], got {list(rec[name].shape)}")
@@ -115,14 +125,19 @@ def check_fields(rec: dict) -> None:
 
 def encode_latent_record(*, key: str, source_id: str, latents, ref_latents, motion,
                          fps: float = 30.0, motion_tokens=None, text=None, image=None,
-                         latent_dtype: str = "<f4") -> bytes:
-    """The record's bytes (latents, reference and features in `latent_dtype`; motion float32)."""
+                         latent_dtype: str = "<f4", first_joints=None) -> bytes:
+    """The record's bytes (latents, reference and features in `latent_dtype`; motion and
+    `first_joints` float32). `first_joints` defaults to the window's first frame `motion[0]`."""
+    if first_joints is None and motion is not None:
+        first_joints = np.asarray(motion)[0]
     arrays = {"latents": latents, "ref_latents": ref_latents, "motion": motion,
-              "motion_tokens": motion_tokens, "text": text, "image": image}
+              "motion_tokens": motion_tokens, "text": text, "image": image,
+              FIRST_JOINTS: first_joints}
     check_fields({k: None if v is None else np.asarray(v) for k, v in arrays.items()})
     rec = {"schema": SCHEMA, "key": str(key), "source_id": str(source_id), "fps": float(fps)}
-    for name in _ARRAYS:
-        rec[name] = _pack(name, arrays[name], "<f4" if name == "motion" else latent_dtype)
+    for name in _ARRAYS + (FIRST_JOINTS,):
+        rec[name] = _pack(name, arrays[name],
+                          "<f4" if name in ("motion", FIRST_JOINTS) else latent_dtype)
     return msgpack.packb(rec, use_bin_type=True)
 
 
@@ -141,9 +156,11 @@ def decode_latent_record(data: bytes) -> dict:
     if missing:
         raise LatentRecordError(f"record lacks fields {missing}")
     rec = {k: raw[k] for k in ("key", "source_id", "fps")}
-    for name in _ARRAYS:
-        arr = _unpack(name, raw[name])
+    for name in _ARRAYS + (FIRST_JOINTS,):
+        arr = _unpack(name, raw.get(name))
         rec[name] = None if arr is None else arr.astype(np.float32)
+    if rec[FIRST_JOINTS] is None and rec["motion"] is not None:   # written before the field
+        rec[FIRST_JOINTS] = rec["motion"][0].copy()
     check_fields(rec)
     return rec
 
@@ -248,7 +265,7 @@ def synthetic_item(clip, frames: int, size: tuple[int, int], channels: int = 16,
     latents, ref = render_latents(window, latent_frames_for(frames), size, channels, clip.name)
     item = {"key": f"{clip.name}@{start}", "source_id": clip.name, "fps": 30.0,
             "latents": latents, "ref_latents": ref, "motion": window, "motion_tokens": None,
-            "text": None, "image": None}
+            "text": None, "image": None, FIRST_JOINTS: window[0].copy()}
     if text_rows and text_dim:
         item["text"] = kind_text(clip.name.rsplit("-", 1)[-1], text_rows, text_dim)
     if token_width:
@@ -356,8 +373,9 @@ def _pad_rows(arrays: list, rows: int) -> tuple[np.ndarray, np.ndarray]:
 class LatentBatchBuilder:
     """This process's block of one global batch of latent items (a Grain map, deterministic).
 
-    Returns `latents`, `ref_latents`, `motion` and, where every item has them, `motion_tokens`,
-    `text` (+ `text_lens`, zero-padded to `text_rows` or the longest) and `image`.
+    Returns `latents`, `ref_latents`, `motion`, `first_joints` `[b, 24, 3]` (an item's own, else
+    its `motion[0]`) and, where every item has them, `motion_tokens`, `text` (+ `text_lens`,
+    zero-padded to `text_rows` or the longest) and `image`.
     """
 
     source: object
@@ -374,6 +392,9 @@ class LatentBatchBuilder:
             raise ValueError(f"a batch mixes latent shapes {sorted(shapes)}; batch by shape")
         batch = {name: np.stack([it[name] for it in items]).astype(np.float32)
                  for name in ("latents", "ref_latents", "motion")}
+        batch[FIRST_JOINTS] = np.stack([
+            it[FIRST_JOINTS] if it.get(FIRST_JOINTS) is not None else it["motion"][0]
+            for it in items]).astype(np.float32)
         if all(it["motion_tokens"] is not None for it in items):
             batch["motion_tokens"] = np.stack([it["motion_tokens"] for it in items])
         if all(it["text"] is not None for it in items):

@@ -20,7 +20,9 @@ oddities:
 Options for the paper's variants (defaults = released): `motion_every` (motion attention in
 every k-th block: blocks 0, k, 2k, ...; 0 = none), `motion_v_norm` (per-head LayerNorm on the
 motion values), `motion_query_rope="4d"` (vision queries placed at 4-D positions (t, h, w, z=0) in
-the motion table's [t|x|y|z] bands instead of the vision table).
+the motion table's [t|x|y|z] bands instead of the vision table), `motion_pe` (the motion keys'
+positional encoding: "4d" released, "dynamic", "learnable", "time", "xy", "xyz", "none"; see
+`mtvjax.models.motion_pe` for each and the matching query rule).
 
 Layers are an `nn.scan` over groups of `motion_every` blocks (one group = one block in the
 released layout), with parameters stacked along a leading `layers` axis under
@@ -39,13 +41,14 @@ import numpy as np
 from mtvjax.models.mvdit_blocks import (AdaLNModulation, FeedForward, LayerNorm, Linear,
                                         MVAttention, TimestepEmbedding, logical, remat_policy,
                                         timestep_sinusoid, torch_linear_init)
-from mtvjax.models.rope import (DEFAULT_THETA, RopeTable, cogvideox_motion_band_dims,
-                                cogvideox_motion_rope, cogvideox_vision_rope, grid_positions,
-                                rope_table_nd)
+from mtvjax.models import motion_pe as PE
+from mtvjax.models.rope import (DEFAULT_THETA, RopeTable, centre_joint_positions,
+                                cogvideox_motion_band_dims, cogvideox_motion_rope,
+                                cogvideox_vision_band_dims, cogvideox_vision_rope)
 
 NUM_JOINTS = 24
 RELEASED_UNCOND_SHAPE = (312, 3072)  # 13 latent frames × 24 joints, width 3072 (7B §1)
-MOTION_QUERY_ROPES = ("vision", "4d")
+MOTION_QUERY_ROPES = PE.MOTION_QUERY_ROPES
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -193,6 +196,10 @@ class MVDiTCogVideoX(nn.Module):
         num_layers % motion_every == 0.
       motion_v_norm: per-head LayerNorm `attn0/norm_v` on the motion values (paper variant).
       motion_query_rope: "vision" (released) or "4d" (queries at (t, h, w, 0) in motion bands).
+      motion_pe: the motion keys' positional encoding, "4d" (released) | "dynamic" (per-clip
+        joints, `motion_joints` required) | "learnable" | "time" | "xy" | "xyz" | "none"; the
+        query side follows it (`mtvjax.models.motion_pe`).
+      max_motion_frames: latent frames covered by the "learnable" frame embedding (13).
       motion_out_zero_init: `attn0/to_out` starts at zero in `init` (adding motion to a
         pretrained base leaves its output unchanged).
       remat: "none", "full" or a `jax.checkpoint_policies` name, for each scanned group.
@@ -221,6 +228,8 @@ class MVDiTCogVideoX(nn.Module):
     motion_every: int = 1
     motion_v_norm: bool = False
     motion_query_rope: str = "vision"
+    motion_pe: str = "4d"
+    max_motion_frames: int = PE.DEFAULT_MAX_MOTION_FRAMES
     motion_out_zero_init: bool = True
     remat: str = "none"
     dtype: Any = jnp.float32
@@ -244,9 +253,7 @@ class MVDiTCogVideoX(nn.Module):
         if self.motion_every < 0 or (self.motion_every and self.num_layers % self.motion_every):
             raise ValueError(f"num_layers {self.num_layers} is not a multiple of motion_every "
                              f"{self.motion_every}")
-        if self.motion_query_rope not in MOTION_QUERY_ROPES:
-            raise ValueError(f"unknown motion_query_rope {self.motion_query_rope!r}; expected one "
-                             f"of {MOTION_QUERY_ROPES}")
+        PE.check_switches(self.motion_pe, self.motion_query_rope)
         if self.head_dim % 16:
             raise ValueError(f"head_dim must be a multiple of 16, got {self.head_dim}")
         remat_policy(self.remat)  # raises on an unknown policy name
@@ -259,19 +266,32 @@ class MVDiTCogVideoX(nn.Module):
         return cogvideox_vision_rope(frames, grid_h, grid_w, self.head_dim, self.rope_theta)
 
     def motion_rope(self, motion_frames: int) -> RopeTable:
+        """The released 4-D key table (dataset-mean joints), whatever `motion_pe`."""
+        return cogvideox_motion_rope(motion_frames, self._joints(), self.head_dim,
+                                     self.rope_theta)
+
+    def _joints(self) -> np.ndarray:
         joints = load_joint_positions(self.joint_positions)
         if joints.shape[0] != self.num_joints:
             raise ValueError(f"joint_positions has {joints.shape[0]} joints, expected "
                              f"{self.num_joints}")
-        return cogvideox_motion_rope(motion_frames, joints, self.head_dim, self.rope_theta)
+        return joints
 
-    def motion_query_rope_table(self, frames: int, grid_h: int, grid_w: int) -> RopeTable:
-        if self.motion_query_rope == "vision":
+    def motion_key_rope_table(self, motion_frames: int, motion_joints=None,
+                              batch: int = 1) -> RopeTable | None:
+        """Key table of `motion_pe`: `[M, d/2]` host constant ("4d": `motion_rope`), `[B, M,
+        d/2]` ("dynamic", from `motion_joints`), or None (keys not rotated)."""
+        return PE.key_table(self.motion_pe, motion_frames, centre_joint_positions(self._joints()),
+                            cogvideox_motion_band_dims(self.head_dim), self.rope_theta,
+                            motion_joints, batch=batch, num_joints=self.num_joints,
+                            initializing=self.scope is not None and self.is_initializing())
+
+    def motion_query_rope_table(self, frames: int, grid_h: int, grid_w: int) -> RopeTable | None:
+        if PE.released_query(self.motion_pe, self.motion_query_rope):
             return self.vision_rope(frames, grid_h, grid_w)
-        pos = grid_positions(frames, grid_h, grid_w).astype(np.float32)
-        pos = np.concatenate([pos, np.zeros((pos.shape[0], 1), np.float32)], axis=1)
-        return rope_table_nd(pos, cogvideox_motion_band_dims(self.head_dim), self.rope_theta,
-                             np.float32)
+        return PE.query_table(self.motion_pe, self.motion_query_rope, frames, grid_h, grid_w,
+                              cogvideox_vision_band_dims(self.head_dim),
+                              cogvideox_motion_band_dims(self.head_dim), self.rope_theta)
 
     # ------------------------------------------------------------------------------------------
 
@@ -305,7 +325,7 @@ class MVDiTCogVideoX(nn.Module):
 
     @nn.compact
     def __call__(self, latents, ref_latents=None, timesteps=None, motion_tokens=None,
-                 use_uncond=None):
+                 use_uncond=None, motion_joints=None):
         """Predicts v for the noisy latents.
 
         Args:
@@ -317,6 +337,8 @@ class MVDiTCogVideoX(nn.Module):
             None → the learned unconditional tokens for every batch element.
           use_uncond: optional `[B]` bool; True replaces that element's motion tokens with the
             unconditional tokens (CFG in one batch).
+          motion_joints: `[B, 24, 3]` the clip's first-frame joints (mm, camera frame): the
+            positions of the "dynamic" motion RoPE, required there; ignored by other switches.
         Returns:
           `[B, F, H, W, out_channels]` in the compute dtype.
         """
@@ -345,10 +367,14 @@ class MVDiTCogVideoX(nn.Module):
             raise ValueError(f"{motion.shape[1]} motion tokens are not a whole number of "
                              f"{self.num_joints}-joint frames")
 
+        if self.motion_pe == "learnable" and self.motion_every:
+            motion = PE.MotionPositionEmbedding(self.num_joints, self.max_motion_frames,
+                                                self.param_dtype, name="motion_pos_embed")(motion)
         vision = self.vision_rope(f, gh, gw)
-        motion_k = self.motion_rope(motion.shape[1] // self.num_joints)
+        motion_k = self.motion_key_rope_table(motion.shape[1] // self.num_joints, motion_joints,
+                                              b)
         motion_q = self.motion_query_rope_table(f, gh, gw)
-        tables = [RopeTable(jnp.asarray(t.cos), jnp.asarray(t.sin))
+        tables = [None if t is None else RopeTable(jnp.asarray(t.cos), jnp.asarray(t.sin))
                   for t in (vision, motion_q, motion_k)]
 
         group_size = self.motion_every or 1
@@ -394,6 +420,8 @@ def from_config(config, **overrides) -> MVDiTCogVideoX:
         num_joints=m.num_joints, joint_positions=tuple(map(tuple, joints.tolist())),
         rope_theta=m.rope_theta, motion_every=m.motion_every, motion_v_norm=m.motion_v_norm,
         motion_query_rope=m.motion_query_rope, motion_out_zero_init=m.motion_out_zero_init,
+        motion_pe=m.get("motion_pe", "4d"),
+        max_motion_frames=m.get("max_motion_frames", PE.DEFAULT_MAX_MOTION_FRAMES),
         remat=config.get("remat", "none"), dtype=DTYPES[config.get("dtype", "float32")],
         param_dtype=DTYPES[config.get("param_dtype", "float32")],
         precision=m.get("precision", "default"),

@@ -13,6 +13,9 @@ official-compatible configuration:
 * blocks (§4.6): modulated self-attention with full-width RMSNorm q/k and Wan 3-D vision RoPE,
   affine-LN text+image cross-attention, in every `motion_every`-th block (0, 4, ..., 36) the
   motion attention (norm4 + motion_attn, heads-major keys, no gate, §2.3), modulated GELU-tanh FFN;
+* motion positional encoding: `motion_pe` ("4d" released; "dynamic", "learnable", "time", "xy",
+  "xyz", "none") and `motion_query_rope` ("vision" released; "4d" = queries at (t, h, w, 0) in the
+  motion bands), as the 7B's; rules in `mtvjax.models.motion_pe`;
 * head with (modulation + e) shift/scale, unpatchify channel fastest (§4.7, §4.8).
 
 **Motion-token padding (§2.4).** The 3072-wide tokens are zero-padded to the model width once, in
@@ -61,8 +64,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mtvjax.models import motion_pe as PE
 from mtvjax.models.rope import (RopeTable, motion_positions, rope_table_nd, wan_motion_band_dims,
-                                wan_vision_rope)
+                                wan_vision_band_dims, wan_vision_rope)
 from mtvjax.models.wan_blocks import LOGICAL_AXES  # noqa: F401 (re-exported)
 from mtvjax.models.wan_blocks import (WanHead, WanI2VCrossAttention, WanLayerNorm,
                                       WanMotionAttention, WanSelfAttention, default_kernel_init,
@@ -135,6 +139,9 @@ class WanDiTConfig:
     heads_major_motion_keys: bool = True   # the released key layout (§2.3); False = "fixed"
     uncond_motion: bool = False            # learnable unconditional motion tokens (not released)
     num_uncond_motion_tokens: int = 312
+    motion_pe: str = "4d"              # motion keys' PE: 4d | dynamic | learnable | time | xy | ...
+    motion_query_rope: str = "vision"  # vision (released) | 4d: queries at (t, h, w, 0)
+    max_motion_frames: int = PE.DEFAULT_MAX_MOTION_FRAMES   # "learnable" frame embedding rows
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"                # none | full | a jax.checkpoint_policies name
@@ -150,6 +157,7 @@ class WanDiTConfig:
             raise ValueError(f"motion_dim {self.motion_dim} exceeds dim {self.dim}: the motion "
                              "tokens are zero-padded to the model width, never projected (§2.4)")
         remat_policy(self.remat)
+        PE.check_switches(self.motion_pe, self.motion_query_rope)
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; "
@@ -308,7 +316,8 @@ class BlockContext(NamedTuple):
     image: jax.Array | None       # [B, 257, D]
     motion: jax.Array | None      # [B, M, D] padded motion tokens, or None (skip motion attn)
     vision_rope: RopeTable        # [S, d/2]
-    motion_rope: RopeTable | None  # [M, d/2]
+    motion_rope: RopeTable | None  # [M, d/2] or [B, M, d/2] keys; None: not rotated
+    motion_q_rope: RopeTable | None = None  # [S, d/2] motion-attention queries; None: unrotated
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,7 +359,7 @@ class WanBlock(nn.Module):
         if self.motion and ctx.motion is not None:
             h = WanLayerNorm(cfg.eps, affine=True, param_dtype=pdt, name="norm4")(x)
             y = WanMotionAttention(**attn_kw, heads_major_keys=cfg.heads_major_motion_keys,
-                                   name="motion_attn")(h, ctx.motion, ctx.vision_rope,
+                                   name="motion_attn")(h, ctx.motion, ctx.motion_q_rope,
                                                        ctx.motion_rope)
             x = x + y.astype(dtype)
 
@@ -423,7 +432,7 @@ class MVDiTWan(nn.Module):
     @nn.compact
     def __call__(self, x, timesteps, text_emb, image_emb, motion_tokens=None, *, y=None,
                  mask=None, ref=None, text_lens=None, motion_drop=None,
-                 motion_rope: RopeTable | None = None):
+                 motion_rope: RopeTable | None = None, motion_joints=None):
         """Flow-matching velocity for the noisy latents.
 
         Args:
@@ -439,8 +448,10 @@ class MVDiTWan(nn.Module):
             unconditional tokens when configured, else the motion attention is skipped.
           motion_drop: optional `[B]` bool; True replaces that sample's tokens by the learnable
             unconditional tokens (needs `uncond_motion`).
-          motion_rope: the key table `[M, head_dim/2]`; default the released 4-D table for
-            M / 24 latent frames (`released_motion_rope`).
+          motion_rope: the key table `[M, head_dim/2]`; default the table of `motion_pe` for
+            M / 24 latent frames (for "4d" the released one, `released_motion_rope`).
+          motion_joints: `[B, 24, 3]` the clip's first-frame joints (mm): the positions of the
+            "dynamic" motion RoPE, required there; ignored by the other switches.
         Returns:
           `[B, F, H, W, out_channels]` float32.
         """
@@ -481,9 +492,15 @@ class MVDiTWan(nn.Module):
             nn.gelu(text, approximate=True))
         image = None if image_emb is None else WanImageEmbedding(cfg, name="img_emb")(image_emb)
 
-        motion, motion_rope = self._motion(motion_tokens, motion_drop, motion_rope, batch)
-        ctx = BlockContext(e0, text, image, motion, wan_vision_rope(gf, gh, gw, cfg.head_dim),
-                           motion_rope)
+        motion, motion_rope = self._motion(motion_tokens, motion_drop, motion_rope, batch,
+                                           motion_joints)
+        vision_rope = wan_vision_rope(gf, gh, gw, cfg.head_dim)
+        motion_q_rope = (vision_rope if PE.released_query(cfg.motion_pe, cfg.motion_query_rope)
+                         else PE.query_table(cfg.motion_pe, cfg.motion_query_rope, gf, gh, gw,
+                                             wan_vision_band_dims(cfg.head_dim),
+                                             wan_motion_band_dims(cfg.head_dim), 10000.0,
+                                             np.float64))
+        ctx = BlockContext(e0, text, image, motion, vision_rope, motion_rope, motion_q_rope)
         h = self._blocks(tokens, ctx)
 
         # head: (modulation + e) shift/scale, LN without affine, Linear to p·C
@@ -520,7 +537,7 @@ class MVDiTWan(nn.Module):
             text = jnp.pad(text, ((0, 0), (0, cfg.text_len - length), (0, 0)))
         return text
 
-    def _motion(self, tokens, drop, table, batch):
+    def _motion(self, tokens, drop, table, batch, joints=None):
         cfg = self.config
         if not cfg.motion_every:
             return None, None
@@ -554,10 +571,16 @@ class MVDiTWan(nn.Module):
             if num % cfg.num_joints or cfg.num_joints != len(RELEASED_CENTRED_JOINTS):
                 raise ValueError(f"{num} motion tokens are not frames × 24 joints; pass "
                                  "`motion_rope` explicitly")
-            table = released_motion_rope(num // cfg.num_joints, cfg.head_dim)
+            table = PE.key_table(cfg.motion_pe, num // cfg.num_joints, RELEASED_CENTRED_JOINTS,
+                                 wan_motion_band_dims(cfg.head_dim), 10000.0, joints,
+                                 batch=batch, num_joints=cfg.num_joints,
+                                 initializing=self.is_initializing())
         # zero-pad motion_dim → dim (released: a fixed 2048-wide zeros tensor at D = 5120, §2.4)
         tokens = jnp.pad(tokens.astype(cfg.compute_dtype),
                          ((0, 0), (0, 0), (0, cfg.dim - cfg.motion_dim)))
+        if cfg.motion_pe == "learnable":
+            tokens = PE.MotionPositionEmbedding(cfg.num_joints, cfg.max_motion_frames,
+                                                cfg.params_dtype, name="motion_pos_embed")(tokens)
         return tokens, table
 
     def _blocks(self, x, ctx: BlockContext):
@@ -635,8 +658,10 @@ def count_params(tree) -> int:
 
 def is_trainable_path(path: tuple) -> bool:
     """Trainable in the released recipe: the motion-attention modules (norm4, motion_attn) and
-    the unconditional motion tokens when configured; everything Wan-named is frozen."""
-    return "motion_attn" in path or "norm4" in path or path[-1] == "uncond_motion_tokens"
+    the unconditional motion tokens / learnable motion embedding when configured; everything
+    Wan-named is frozen."""
+    return ("motion_attn" in path or "norm4" in path or path[-1] == "uncond_motion_tokens"
+            or "motion_pos_embed" in path)
 
 
 def trainable_mask(params) -> dict:

@@ -193,7 +193,8 @@ class WanMotionAttention(_WanAttentionBase):
     width, then each batch row is reread heads-major (`[M, n·d]` memory as `[n, M, d]`, the released
     defect reproduced by default), and slot j is rotated with row j of the motion table. v: natural
     split, no norm, no RoPE. `heads_major_keys=False` is the "fixed" variant (natural split; not
-    the released weights' layout). The motion tokens arrive already padded to D (§2.4)."""
+    the released weights' layout). The motion tokens arrive already padded to D (§2.4). A None
+    table leaves q or k unrotated; `k_rope` may be per example `[B, M, d/2]` (`motion_pe`)."""
 
     heads_major_keys: bool = True
     out_kernel_init: Callable = default_kernel_init
@@ -207,7 +208,10 @@ class WanMotionAttention(_WanAttentionBase):
         if self.heads_major_keys:
             batch, seq, heads, head_dim = k.shape
             k = k.reshape(batch, heads, seq, head_dim).transpose(0, 2, 1, 3)
-        q, k = apply_rope(q, q_rope, INTERLEAVED), apply_rope(k, k_rope, INTERLEAVED)
+        if q_rope is not None:   # None: not rotated (motion_pe "none" / "learnable")
+            q = apply_rope(q, q_rope, INTERLEAVED)
+        if k_rope is not None:
+            k = apply_rope(k, k_rope, INTERLEAVED)
         return self._out(x.shape[-1], kernel_init=self.out_kernel_init,
                          bias_init=self.out_bias_init)(self._sdpa(q, k, v))
 

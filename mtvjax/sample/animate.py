@@ -142,8 +142,9 @@ def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> 
     decoded, previous = [], None
     for w in range(len(plan.starts)):
         label = f"window {w + 1}/{len(plan.starts)}"
+        joints = windows_mm[w:w + 1, 0] if animator.dynamic_pe else None   # first-frame pose
         latents = animator.sample(cond, tok["tokens"][w:w + 1], jax.random.fold_in(key_windows, w),
-                                  previous, label)
+                                  previous, label, joints)
         decoded.append(animator.decode(latents))
         previous = decoded[-1][-plan.overlap:] if plan.overlap else None
     video_u8 = RI.to_uint8(stitch(decoded, plan))

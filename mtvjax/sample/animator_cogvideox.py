@@ -43,6 +43,7 @@ class CogVideoXAnimator:
         self.latent_channels = int(self.vae.config.latent_channels)
         self.spatial = self.vae.spatial_ratio
         self.motion_width = self.model.width
+        self.dynamic_pe = self.model.motion_pe == "dynamic"   # RoPE at the clip's own joints
         self.runs = SamplingRuns(denoise_7b(self.model), SAMPLERS[s.sampler](s.steps),
                                  G.motion_cfg_7b(s.motion_cfg), dtype, config.long.blend, progress)
 

@@ -89,6 +89,7 @@ class WanAnimator:
         self.latent_channels = model_config.out_channels
         self.spatial = self.vae_config.spatial_factor
         self.motion_width = model_config.motion_dim
+        self.dynamic_pe = model_config.motion_pe == "dynamic"   # RoPE at the clip's own joints
         self.runs = SamplingRuns(denoise_17b(self.model, use_motion), SAMPLERS[s.sampler](s.steps),
                                  guidance, dtype, config.long.blend, progress)
 

@@ -5,6 +5,10 @@ v-prediction, motion CFG whose unconditional branch uses the learnable unconditi
 tokens). `generate_17b` runs the released 17B recipe (flow-matching Euler with shift, text CFG
 with negative-prompt embeddings; motion CFG too when the model has unconditional tokens).
 Both are one `jax.jit` over the whole loop, seeded by a JAX key.
+
+`motion_joints` (optional, `[B, 24, 3]` mm, the driving clip's first-frame joints) feeds the
+`motion_pe="dynamic"` motion RoPE; it is tiled over the guidance branches like the other
+per-example inputs. None (default) leaves the model call exactly as before.
 """
 from __future__ import annotations
 
@@ -20,44 +24,57 @@ def _tile(x, batch: int):
     return jnp.concatenate([x] * (batch // x.shape[0]), axis=0)
 
 
+def _joints_kwargs(motion_joints, b: int) -> dict:
+    return {} if motion_joints is None else {"motion_joints": _tile(motion_joints, b)}
+
+
 def denoise_7b(model):
-    """`denoise_fn(latents, t, cond_flags, params, ref_latents, motion_tokens)` of the 7B."""
-    def denoise(latents, t, cond, params, ref_latents, motion_tokens):
+    """`denoise_fn(latents, t, cond_flags, params, ref_latents, motion_tokens,
+    motion_joints=None)` of the 7B."""
+    def denoise(latents, t, cond, params, ref_latents, motion_tokens, motion_joints=None):
         b = latents.shape[0]
         return model.apply({"params": params}, latents, ref_latents=_tile(ref_latents, b),
-                           timesteps=t, motion_tokens=_tile(motion_tokens, b), use_uncond=~cond)
+                           timesteps=t, motion_tokens=_tile(motion_tokens, b), use_uncond=~cond,
+                           **_joints_kwargs(motion_joints, b))
     return denoise
 
 
 def denoise_17b(model, motion_cfg: bool):
-    """`denoise_fn(latents, t, cond_flags, params, y, text, negative_text, image, motion)`.
+    """`denoise_fn(latents, t, cond_flags, params, y, text, negative_text, image, motion,
+    motion_joints=None)`.
 
     Flags are `[b]` (text) or `[b, 2]` (text, motion) when motion CFG is on.
     """
-    def denoise(latents, t, cond, params, y, text, negative_text, image, motion):
+    def denoise(latents, t, cond, params, y, text, negative_text, image, motion,
+                motion_joints=None):
         b = latents.shape[0]
         text_on = cond[:, 0] if motion_cfg else cond
         text_b = jnp.where(text_on[:, None, None], _tile(text, b), _tile(negative_text, b))
         kwargs = {"motion_drop": ~cond[:, 1]} if motion_cfg else {}
+        kwargs.update(_joints_kwargs(motion_joints, b))
         return model.apply({"params": params}, latents, t, text_b, _tile(image, b),
                            _tile(motion, b), y=_tile(y, b), **kwargs)
     return denoise
 
 
 def generate_7b(model, params, ref_latents, motion_tokens, key, num_steps: int = 50,
-                motion_cfg: float = 3.0):
+                motion_cfg: float = 3.0, motion_joints=None):
     """Denoised `[B, F, H, W, 16]` latents for reference latents `[B, F, H, W, 16]` (the image
-    latent repeated over frames) and motion tokens `[B, F * 24, D]`."""
+    latent repeated over frames) and motion tokens `[B, F * 24, D]`; `motion_joints` `[B, 24, 3]`
+    (mm) for a `motion_pe="dynamic"` model."""
     sampler = samplers.cogvideox_dpm(num_steps)
     run = make_sample_fn(denoise_7b(model), sampler, ref_latents.shape[:-1] + (model.out_channels,),
                          guidance=G.motion_cfg_7b(motion_cfg))
-    return run(key, params, ref_latents, motion_tokens)
+    joints = () if motion_joints is None else (motion_joints,)
+    return run(key, params, ref_latents, motion_tokens, *joints)
 
 
 def generate_17b(model, params, y, text, negative_text, image, motion_tokens, key,
-                 num_steps: int = 50, text_cfg: float = 6.0, motion_cfg: float | None = None):
+                 num_steps: int = 50, text_cfg: float = 6.0, motion_cfg: float | None = None,
+                 motion_joints=None):
     """Denoised `[B, F, H, W, 16]` latents; `y` = mask | reference `[B, F, H, W, 20]`, text and
-    negative-text embeddings `[B, L, text_dim]`, CLIP image embedding, motion tokens."""
+    negative-text embeddings `[B, L, text_dim]`, CLIP image embedding, motion tokens;
+    `motion_joints` `[B, 24, 3]` (mm) for a `motion_pe="dynamic"` model."""
     use_motion_cfg = motion_cfg is not None
     if use_motion_cfg and not model.config.uncond_motion:
         raise ValueError("motion CFG needs a model with unconditional motion tokens "
@@ -67,4 +84,5 @@ def generate_17b(model, params, y, text, negative_text, image, motion_tokens, ke
     sampler = samplers.flow_euler(num_steps)
     shape = y.shape[:-1] + (model.config.out_channels,)
     run = make_sample_fn(denoise_17b(model, use_motion_cfg), sampler, shape, guidance=guidance)
-    return run(key, params, y, text, negative_text, image, motion_tokens)
+    joints = () if motion_joints is None else (motion_joints,)
+    return run(key, params, y, text, negative_text, image, motion_tokens, *joints)

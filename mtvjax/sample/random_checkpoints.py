@@ -79,7 +79,7 @@ def write_tokenizer(dst: str, code_dim: int, seed: int) -> str:
     return _save(dst, state.replace(quantizer=quantizer), config_to_json(config))
 
 
-def write_cogvideox(out: str, window: int, seed: int) -> dict:
+def write_cogvideox(out: str, window: int, seed: int, model_fields: dict) -> dict:
     from mtvjax.checkpoint.convert_mvdit7b import save_params
     from mtvjax.models import mvdit_cogvideox as mv
     from mtvjax.models import vae_cogvideox as vc
@@ -87,6 +87,7 @@ def write_cogvideox(out: str, window: int, seed: int) -> dict:
     latent_frames = 1 + (window - 1) // 4
     width = config.model.num_heads * config.model.head_dim
     config.model.uncond_motion_shape = (latent_frames * config.model.num_joints, width)
+    config.model.update(model_fields)
     model = mv.from_config(config)
     paths = {"mvdit": os.path.join(out, "mvdit"), "tokenizer": os.path.join(out, "tokenizer"),
              "vae": os.path.join(out, "vae")}
@@ -99,14 +100,15 @@ def write_cogvideox(out: str, window: int, seed: int) -> dict:
     return paths
 
 
-def write_wan(out: str, window: int, seed: int, text_encoder: bool = True) -> dict:
+def write_wan(out: str, window: int, seed: int, model_fields: dict,
+              text_encoder: bool = True) -> dict:
     from mtvjax.checkpoint.convert_encoders import save_converted
     from mtvjax.checkpoint.convert_mvdit17b import save_params
     from mtvjax.models import clip_vision, mvdit_wan, umt5, vae_wan
     latent_frames = 1 + (window - 1) // 4
     config = mvdit_wan.wan_config("tiny17b", text_dim=TINY_TEXT_DIM, image_dim=TINY_IMAGE_DIM,
                                   uncond_motion=True,
-                                  num_uncond_motion_tokens=latent_frames * 24)
+                                  num_uncond_motion_tokens=latent_frames * 24, **model_fields)
     paths = {k: os.path.join(out, k) for k in ("mvdit", "tokenizer", "vae", "clip")}
     save_params(paths["mvdit"], random_like(mvdit_wan.param_shapes(config), seed), config,
                 "tiny17b", {"save_dtype": "float32", "random": True})
@@ -153,16 +155,17 @@ def write_word_tokenizer(dst: str) -> str:
 
 
 def write_set(out: str, family: str, window: int = 17, seed: int = 0,
-              text_encoder: bool | None = None) -> dict:
+              text_encoder: bool | None = None, model_fields: dict | None = None) -> dict:
     """Writes a tiny random set under `out`; returns {checkpoint name: path} and `flags`.
+    `model_fields` override MV-DiT model fields (e.g. {"motion_pe": "dynamic"}).
     `text_encoder` (17B): also a tiny umT5 + tokenizer (default: when transformers is
     installed); otherwise the set uses precomputed prompt embeddings."""
     if text_encoder is None:
         text_encoder = importlib.util.find_spec("transformers") is not None
     if family == "cogvideox":
-        paths = write_cogvideox(out, window, seed)
+        paths = write_cogvideox(out, window, seed, dict(model_fields or {}))
     elif family == "wan":
-        paths = write_wan(out, window, seed, text_encoder)
+        paths = write_wan(out, window, seed, dict(model_fields or {}), text_encoder)
     else:
         raise ValueError(f"unknown family {family!r}; expected cogvideox or wan")
     flags = [f"--config.checkpoints.{k}={v}" for k, v in paths.items() if k != "prompt_embeddings"]

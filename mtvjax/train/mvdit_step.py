@@ -10,6 +10,9 @@
 * **motion tokens.** `batch["motion_tokens"]` `[k, b, F·24, w]` when precomputed; otherwise the
   frozen 4DMoT (`tokenizer`, parameters in `frozen`) tokenises `batch["motion"]` inside the step
   (quantised codebook vectors, no gradient).
+* **motion joints.** With `model.motion_pe="dynamic"` the model's `motion_joints` are
+  `batch["first_joints"]` `[k, b, 24, 3]` (mm; else `batch["motion"][:, :, 0]`); other switches
+  take no joints.
 * **losses.** cogvideox: v-prediction MSE on the CogVideoX-5B schedule (t ~ U{0..999},
   x_t = √ᾱ·x0 + √(1−ᾱ)·ε, target √ᾱ·ε − √(1−ᾱ)·x0; the finetuning scripts' x0 loss weighted by
   1/(1−ᾱ) is this same quantity). wan: flow matching (σ drawn from the 1000 shifted training
@@ -99,7 +102,8 @@ def trainable_predicate(config) -> Callable[[tuple], bool]:
         return lambda path: True
     if family(config) == "wan":
         return W.is_trainable_path
-    return lambda path: "attn0" in path or path[-1] == "unconditional_motion_token"
+    return lambda path: ("attn0" in path or path[-1] == "unconditional_motion_token"
+                         or "motion_pos_embed" in path)
 
 
 def split_params(params, predicate) -> tuple[dict, dict]:
@@ -304,6 +308,21 @@ def make_draw(schedule: Schedule):
     return draw
 
 
+def needs_joints(config) -> bool:
+    """Whether the model takes the clips' first-frame joints (`motion_pe="dynamic"`)."""
+    return config.model.get("motion_pe", "4d") == "dynamic"
+
+
+def joints_of(micro) -> jnp.ndarray:
+    """`[b, 24, 3]` first-frame joints (mm) of a micro-batch: `first_joints`, else motion[:, 0]."""
+    if "first_joints" in micro:
+        return micro["first_joints"]
+    if "motion" in micro:
+        return micro["motion"][:, 0]
+    raise ValueError('model.motion_pe="dynamic" needs the clips\' first-frame joints: the batch '
+                     "has neither first_joints nor motion")
+
+
 def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
                  dropout: bool = True):
     """`loss_fn(params, micro, key, frozen) -> (loss, aux)` for one micro-batch `[b, ...]`."""
@@ -314,6 +333,7 @@ def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
     p_motion = float(t.motion_drop_prob) if dropout else 0.0
     p_text = float(t.text_drop_prob) if dropout and fam == "wan" else 0.0  # 7B: no text input
     wan_uncond = fam == "wan" and bool(config.model.get("uncond_motion", False))
+    dynamic = needs_joints(config)
     if p_motion > 0 and fam == "wan" and not wan_uncond:
         raise ValueError("train.motion_drop_prob > 0 needs model.uncond_motion=True (learnable "
                          "unconditional motion tokens); or set train.fit_uncond_motion")
@@ -336,11 +356,12 @@ def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
             raise ValueError(f"{tokens.shape[1]} motion tokens for {f} latent frames; expected "
                              f"{f * NUM_JOINTS} (frames·24)")
         ref = micro["ref_latents"]
+        joints = {"motion_joints": joints_of(micro)} if dynamic else {}
         if fam == "cogvideox":
             ref = jnp.broadcast_to(ref, x0.shape) if ref.shape[1] == 1 else ref
             pred = model.apply({"params": params}, x_t, ref_latents=ref, timesteps=timesteps,
                                motion_tokens=tokens,
-                               use_uncond=drop_motion if p_motion > 0 else None)
+                               use_uncond=drop_motion if p_motion > 0 else None, **joints)
         else:
             first = (jnp.arange(f) == 0)[None, :, None, None, None]
             y_ref = jnp.where(first, ref[:, :1], 0.0)
@@ -354,7 +375,7 @@ def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
             lens = jnp.where(drop_text, 0, lens)
             extra = {"motion_drop": drop_motion} if p_motion > 0 else {}
             pred = model.apply({"params": params}, x_t, timesteps, text, micro.get("image"),
-                               tokens, mask=mask, ref=y_ref, text_lens=lens, **extra)
+                               tokens, mask=mask, ref=y_ref, text_lens=lens, **extra, **joints)
         err = jnp.square(pred.astype(jnp.float32) - target)
         per_sample = err.reshape(b, -1).mean(axis=1)
         aux = {"motion_dropped": drop_motion.mean(), "text_dropped": drop_text.mean()}
@@ -434,6 +455,8 @@ def abstract_batch(config, batch_size: int, frames: int, height: int, width: int
                                                      motion_width(config)), f32)
     else:
         out["motion"] = jax.ShapeDtypeStruct((k, b, 4 * (frames - 1) + 1, NUM_JOINTS, 3), f32)
+    if needs_joints(config):
+        out["first_joints"] = jax.ShapeDtypeStruct((k, b, NUM_JOINTS, 3), f32)
     if family(config) == "wan" and text_rows:
         out["text"] = jax.ShapeDtypeStruct((k, b, text_rows, config.model.text_dim), f32)
         out["text_lens"] = jax.ShapeDtypeStruct((k, b), jnp.int32)

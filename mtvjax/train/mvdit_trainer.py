@@ -7,7 +7,8 @@
   motion. Each process loads its block of every global batch; the Grain iterator state is saved
   with every checkpoint.
 * motion tokens: precomputed in the records, or made inside the step by a frozen 4DMoT restored
-  from `motion.tokenizer_checkpoint` (its code width must equal the model's motion width).
+  from `motion.tokenizer_checkpoint` (its code width must equal the model's motion width). With
+  `model.motion_pe="dynamic"` the records' `first_joints` go to the step as well.
 * state: parameters and optimiser state are created sharded from their logical axis names
   (`init_sharded` with `config.mesh` / `config.sharding_rules`); the batch is sharded on `batch`.
   The same code runs on one device, one host or many hosts. `train.init_from` loads pretrained
@@ -173,6 +174,8 @@ class MVDiTTrainer:
         out = {}
         for name, arr in local.items():
             if name in ("index",) or (name == "motion_tokens" and self.use_tokenizer):
+                continue
+            if name == "first_joints" and not steps.needs_joints(self.config):
                 continue
             if name == "motion" and not self.use_tokenizer:
                 continue

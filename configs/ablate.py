@@ -1,0 +1,105 @@
+"""Ablation grids run by `python -m mtvjax.ablate`. Variants: `tokenizer`, `pe`, `isa`, `smoke`.
+
+  python -m mtvjax.ablate --config configs/ablate.py:tokenizer --workdir /tmp/abl_tok
+  python -m mtvjax.ablate --config configs/ablate.py:pe --config.steps=500 --config.only=pe_4d
+
+Every row trains a base config (`bases`: the `tiny` 4DMoT or the `tiny` 7B MV-DiT) with, in this
+order, the family's CPU-sized `presets`, the harness's data and step settings, then the row's
+`overrides` (dotted config keys → values; a key the base config lacks fails the row, not the
+grid). Data: procedural motion shards and synthetic MV-DiT latent shards built into
+`WORKDIR/data` once (sizes in `data`), or existing datasets (`data.motion_path`,
+`data.latents_path`).
+
+* `tokenizer`: the paper's 4DMoT switches on the tiny preset. The baseline is the paper's method
+  (EMA-quantised tokens, differential motion, (t, x, y, z) coordinates); `no_quant` bypasses the
+  quantizer (continuous tokens), `no_differential` drops the first-frame subtraction, `quant_3d`
+  quantises over (t, x, y) only (depth dropped; its MPJPE is over x, y).
+* `pe`: the motion positional encodings of MV-DiT (`model.motion_pe`) and the query RoPE of the
+  motion attention (`model.motion_query_rope`), on the tiny 7B.
+* `isa`: MV-DiT with interspatial attention (`model.conditioning="isa"`, `model.isa` from
+  `mtvjax.models.isa.isa_config`); fails until ISA is wired into the DiT.
+* `smoke`: two tokenizer rows and one MV-DiT row for a few steps (the test's grid).
+"""
+import os
+
+import ml_collections
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOTION_PES = ("4d", "dynamic", "learnable", "time", "xy", "xyz", "none")
+
+
+def _row(name: str, base: str, **overrides) -> dict:
+    return dict(name=name, base=base, overrides=overrides)
+
+
+def _rows(base: str, *entries) -> list:
+    return [_row(name, base, **overrides) for name, overrides in entries]
+
+
+def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = variant
+    c.steps = 200                  # train steps of every row
+    c.only = ""                    # comma-separated row names or indices to run ("" = all)
+    c.reuse = True                 # keep rows already finished with the same settings
+    c.prepare_only = False         # build the data, then stop
+    c.collect_only = False         # only write the table from rows already run
+    c.print_commands = False       # print per row `CONFIG WORKDIR --config.k=v ...` (launch/)
+    c.bases = ml_collections.ConfigDict(dict(
+        tokenizer=os.path.join(REPO, "configs", "4dmot.py") + ":tiny",
+        mvdit=os.path.join(REPO, "configs", "mvdit.py") + ":tiny",
+    ))
+    # CPU-sized settings applied to every row of a family (nested, so overridable as
+    # --config.presets.mvdit.data.batch_size=8).
+    c.presets = ml_collections.ConfigDict(dict(
+        tokenizer=dict(
+            normalization=dict(differential=True),   # the paper's method as the baseline
+            data=dict(batch_size=4, frame_counts=(33,), num_threads=1, prefetch=2),
+            optim=dict(warmup_steps=10),
+            train=dict(log_every=1, checkpoint_every=1000, keep_checkpoints=1, eval_batches=4),
+        ),
+        mvdit=dict(
+            data=dict(batch_size=4, num_threads=1, prefetch=2),
+            train=dict(log_every=1, checkpoint_every=1000, keep_checkpoints=1, eval_batches=4,
+                       peak_flops_per_device=1e11),
+        ),
+    ))
+    c.data = ml_collections.ConfigDict(dict(
+        motion_path="",            # an existing motion dataset (data_pipeline.build); "" = build
+        latents_path="",           # an existing latent dataset (data_pipeline.latents); "" = build
+        motion_clips=64,           # procedural clips of the built motion shards
+        motion_frames=(40, 120),
+        val_fraction=0.2,          # share of clips held out (MPJPE / eval loss)
+        latent_sequences=64,       # procedural clips cut into latent windows
+        latent_config=os.path.join(REPO, "configs", "data", "synthetic_latents.py") + ":tiny",
+        seed=0,
+    ))
+
+    if variant == "tokenizer":
+        c.rows = _rows("tokenizer",
+                       ("baseline", {}),
+                       ("no_quant", {"quantizer.enabled": False}),
+                       ("no_differential", {"normalization.differential": False}),
+                       ("quant_3d", {"model.coord_dim": 2}))
+    elif variant == "pe":
+        c.rows = (_rows("mvdit", *((f"pe_{pe}", {"model.motion_pe": pe}) for pe in MOTION_PES))
+                  + _rows("mvdit", ("qrope_vision", {"model.motion_query_rope": "vision"}),
+                          ("qrope_4d", {"model.motion_query_rope": "4d"})))
+    elif variant == "isa":
+        c.rows = _rows("mvdit",
+                       ("baseline", {}),
+                       ("isa", {"model.conditioning": "isa"}),
+                       ("isa_every1", {"model.conditioning": "isa", "model.isa.every": 1}),
+                       ("isa_bones", {"model.conditioning": "isa", "model.isa.points_per_bone": 2}))
+    elif variant == "smoke":
+        c.steps = 3
+        c.data.update(motion_clips=16, motion_frames=(36, 60), val_fraction=0.25,
+                      latent_sequences=12)
+        c.presets.tokenizer.train.eval_batches = 1
+        c.presets.mvdit.train.eval_batches = 1
+        c.rows = (_rows("tokenizer", ("tok_baseline", {}),
+                        ("tok_no_quant", {"quantizer.enabled": False}))
+                  + _rows("mvdit", ("mvdit_baseline", {})))
+    else:
+        raise ValueError(f"unknown ablation {variant!r}: use tokenizer, pe, isa or smoke")
+    return c
