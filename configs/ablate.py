@@ -17,8 +17,10 @@ grid). Data: procedural motion shards and synthetic MV-DiT latent shards built i
 * `pe`: the motion positional encodings of MV-DiT (`model.motion_pe`) and the query RoPE of the
   motion attention (`model.motion_query_rope`), on the tiny 7B.
 * `isa`: MV-DiT with interspatial attention (`model.conditioning="isa"`, `model.isa` from
-  `mtvjax.models.isa.isa_config`); fails until ISA is wired into the DiT.
-* `smoke`: two tokenizer rows and one MV-DiT row for a few steps (the test's grid).
+  `mtvjax.models.isa.isa_config`; `mtvjax/models/isa_conditioning.py`) against the baseline
+  (motion attention on the records' stand-in tokens).
+* `smoke`: two tokenizer rows and two MV-DiT rows (baseline, ISA) for a few steps (the test's
+  grid).
 """
 import os
 
@@ -99,7 +101,8 @@ def get_config(variant: str = "smoke") -> ml_collections.ConfigDict:
         c.presets.mvdit.train.eval_batches = 1
         c.rows = (_rows("tokenizer", ("tok_baseline", {}),
                         ("tok_no_quant", {"quantizer.enabled": False}))
-                  + _rows("mvdit", ("mvdit_baseline", {})))
+                  + _rows("mvdit", ("mvdit_baseline", {}),
+                          ("mvdit_isa", {"model.conditioning": "isa"})))
     else:
         raise ValueError(f"unknown ablation {variant!r}: use tokenizer, pe, isa or smoke")
     return c

@@ -42,9 +42,23 @@ Motion positional encoding (both families, `config.model`; `mtvjax/models/motion
                table at (0, h, w) or the motion bands at (0, h, w, 0)); "none"/"learnable": the
                queries are not rotated in the motion attention.
   max_motion_frames  latent frames the "learnable" frame embedding covers (13 = 49 frames).
+
+Motion conditioning (both families, `config.model`; `mtvjax/models/isa_conditioning.py`):
+
+  conditioning  "motion_attention" (released: 4DMoT tokens through the motion cross-attention) |
+                "isa": interspatial attention on the window's raw joints (the model call's
+                `motion_mm` [B, T, 24, 3] mm, T = 4(F-1)+1; the trainer passes the records'
+                `motion`), ISA blocks in blocks 0, k, 2k, ... (k = isa.every) instead of the
+                motion attention; no 4DMoT tokens and no unconditional tokens (motion dropout and
+                motion CFG mask the example's points). The motion PE switches are then unused.
+  isa           `mtvjax.models.isa.isa_config()`: every, points_per_bone, frame_rule,
+                fov_degrees (default camera over the latent H·8 × W·8 pixels), depth,
+                num_frequencies, mlp_hidden, pe_max_frequency, num_heads, mlp_ratio, qk_norm,
+                zero_init, plucker.
 """
 import ml_collections
 
+from mtvjax.models.isa import isa_config
 from mtvjax.models.mvdit_wan import wan_presets
 
 FAMILIES = ("cogvideox", "wan")
@@ -99,6 +113,10 @@ def cogvideox_model(variant: str) -> ml_collections.ConfigDict:
         motion_out_zero_init=True,  # fresh attn0.to_out = 0 (init and base-model conversion)
         precision="default",       # matmul precision: default | high | highest
         attention_implementation="auto",
+        # Motion conditioning: "motion_attention" (released: 4DMoT tokens, attn0) | "isa"
+        # (interspatial attention on the raw joints, `model.isa`; no tokens, no 4DMoT).
+        conditioning="motion_attention",
+        isa=isa_config(),          # mtvjax.models.isa.isa_config (used when conditioning="isa")
     ))
     if variant == "tiny":
         m.num_layers = 2

@@ -67,7 +67,7 @@ def conform_fps(record: MotionRecord, target_fps: float) -> MotionRecord:
 def video_payload(record: MotionRecord, key: str, video, seed: int) -> np.ndarray | None:
     """What the record stores of its video besides the reference: pixels, or nothing.
 
-    This is where VAE latents go once mtvjax has a video VAE (see `data_pipeline.video`).
+    This is where VAE latents would go (see `data_pipeline.video`).
     """
     if video.store == "reference" or record.video_path is None:
         return None
@@ -79,7 +79,8 @@ def video_payload(record: MotionRecord, key: str, video, seed: int) -> np.ndarra
 
 def _check_config(config) -> None:
     if config.video.store not in VIDEO_STORES:
-        hint = (" (there is no video VAE in mtvjax yet; store pixels or the reference)"
+        hint = (" (encoding clips with the video VAEs is not wired into the build yet; store "
+                "pixels or the reference)"
                 if config.video.store == "latents" else "")
         raise ValueError(f"video.store must be one of {VIDEO_STORES}, got {config.video.store!r}{hint}")
     if not 0.0 <= config.val_fraction < 1.0:

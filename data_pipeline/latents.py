@@ -10,7 +10,8 @@ package's procedural motion, motion files, or built motion shards, read by the l
 
 * video latents `[F, H, W, C]` and reference latents `[1, H, W, C]`: `latents.renderer`
   "synthetic" renders them from the motion (`render_latents`: joint blobs + a per-clip
-  appearance code). mtvjax has no video VAE yet; "vae" is refused until it has one.
+  appearance code). Encoding real video windows with the converted video VAEs ("vae") is not
+  wired yet and is refused.
 * motion tokens (`tokens.kind`): "tokenizer" runs a 4DMoT checkpoint over the windows
   (quantised codebook vectors `[F·24, code_dim]`, as the frozen 4DMoT inside the train step
   would); "projection" stores stand-in tokens (`projected_tokens`); "none" stores none (the
@@ -60,7 +61,8 @@ def motion_source(config):
 
 def _check(config) -> None:
     if config.latents.renderer not in RENDERERS:
-        hint = " (mtvjax has no video VAE yet)" if config.latents.renderer == "vae" else ""
+        hint = (" (encoding real video windows with the video VAEs is not wired yet)"
+                if config.latents.renderer == "vae" else "")
         raise ValueError(f"latents.renderer must be one of {RENDERERS}, got "
                          f"{config.latents.renderer!r}{hint}")
     if config.tokens.kind not in TOKEN_KINDS:

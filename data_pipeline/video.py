@@ -8,12 +8,13 @@ one offset per clip drawn from a generator seeded by the build seed and the clip
 rebuild gives the same pixels. `scale_buckets` shrinks the table for small tests or a low-res
 stage (the base must be a multiple of 16).
 
-VAE latents: DiT training should read latents, not decode pixels. mtvjax has no video VAE yet,
-so builds store pixels (`video.store="pixels"`) or only the video reference and frame indices
-(`"reference"`). The hook for latents is `data_pipeline.build.video_payload`: once a VAE exists,
-it encodes the `[frames, H, W, 3]` pixels returned by `clip_frames` and stores them with a new
-`frames_kind` of the record schema (`mtvjax.data.record_format.FRAMES_KINDS`); until then
-`store="latents"` is refused.
+VAE latents: DiT training should read latents, not decode pixels. The video VAEs exist
+(`mtvjax.models.vae_cogvideox`, `vae_wan`), but encoding these clips into latent records is not
+wired yet, so builds store pixels (`video.store="pixels"`) or only the video reference and frame
+indices (`"reference"`). The hook is `data_pipeline.build.video_payload`: it would encode the
+`[frames, H, W, 3]` pixels returned by `clip_frames` and store them with a new `frames_kind` of
+the record schema (`mtvjax.data.record_format.FRAMES_KINDS`); until then `store="latents"` is
+refused.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The ablation harness: the `smoke` grid end to end (data built in the workdir, two 4DMoT rows and
-one MV-DiT row trained, a failing row recorded without aborting), row selection, overrides,
-reuse of finished rows and the per-row `mtvjax train` commands for the launch scripts."""
+two MV-DiT rows (motion attention, ISA) trained, a failing row recorded without aborting), row
+selection, overrides, reuse of finished rows and the per-row `mtvjax train` commands for the
+launch scripts."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ def test_smoke_grid_writes_the_table(smoke):
     rows = json.loads((workdir / "ablation.json").read_text())["rows"]
     assert [r["name"] for r in rows] == [r["name"] for r in config.rows]
     by_name = {r["name"]: r for r in rows}
-    for name in ("tok_baseline", "tok_no_quant", "mvdit_baseline"):
+    for name in ("tok_baseline", "tok_no_quant", "mvdit_baseline", "mvdit_isa"):
         r = by_name[name]
         assert r["status"] == "ok", r["error"]
         assert r["final_step"] == config.steps
@@ -39,6 +40,8 @@ def test_smoke_grid_writes_the_table(smoke):
     for name in ("tok_baseline", "tok_no_quant"):              # held-out reconstruction error
         assert math.isfinite(by_name[name]["val_mpjpe_mm"])
     assert math.isfinite(by_name["mvdit_baseline"]["val_loss"])
+    assert math.isfinite(by_name["mvdit_isa"]["val_loss"])           # interspatial attention
+    assert by_name["mvdit_isa"]["params"] != by_name["mvdit_baseline"]["params"]
     assert by_name["tok_no_quant"]["eval"]["active_codes"] == 0.0   # quantizer bypassed
     bad = by_name["bad_key"]
     assert bad["status"] == "error" and "model.no_such_switch" in bad["error"]

@@ -31,7 +31,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.frames = 49                  # pixel frames per window: 8k + 1 (49 -> 13 latent frames)
     c.windows_per_clip = 1
     c.latents = ml_collections.ConfigDict(dict(
-        renderer="synthetic",      # synthetic (joint blobs + appearance); "vae" once it exists
+        renderer="synthetic",      # synthetic (joint blobs + appearance); "vae" not wired yet
         size=(64, 64),             # latent H, W (= video / 8)
         channels=16,
         dtype="float32",           # float32 | float16 on disk (read back as float32)

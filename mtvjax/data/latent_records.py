@@ -26,7 +26,7 @@ shards. `LatentShardSource` reads one split; `SyntheticLatentSource` makes the s
 memory from procedural motion; `make_latent_batches` turns either into checkpointable Grain
 batches of this process's share of each global batch.
 
-Synthetic latents (`render_latents`): there is no video VAE in mtvjax yet, so "video latents" are
+Synthetic latents (`render_latents`, no video needed): the "video latents" are
 a deterministic function of the motion: per latent frame, the joints (averaged over the pixel
 frames that latent covers) are projected onto the latent grid as Gaussian blobs (all joints, left
 side, right side, depth-signed), and the remaining channels carry a per-clip appearance code

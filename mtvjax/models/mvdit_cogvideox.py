@@ -24,8 +24,12 @@ the motion table's [t|x|y|z] bands instead of the vision table), `motion_pe` (th
 positional encoding: "4d" released, "dynamic", "learnable", "time", "xy", "xyz", "none"; see
 `mtvjax.models.motion_pe` for each and the matching query rule).
 
-Layers are an `nn.scan` over groups of `motion_every` blocks (one group = one block in the
-released layout), with parameters stacked along a leading `layers` axis under
+`conditioning="isa"`: interspatial attention (`isa`, in blocks 0, k, 2k, … with k =
+`isa.every`, at attn0's place) on the raw joints `motion_mm` instead of the 4DMoT tokens; no attn0,
+no unconditional tokens; `use_uncond` masks an example's points (`mtvjax.models.isa_conditioning`).
+
+Layers are an `nn.scan` over groups of `motion_every` (ISA: `isa.every`) blocks (one group = one
+block in the released layout), with parameters stacked along a leading `layers` axis under
 `params/blocks/block_{r}/...`; `remat` chooses a rematerialisation policy for the scanned body.
 """
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 from mtvjax.models.mvdit_blocks import (AdaLNModulation, FeedForward, LayerNorm, Linear,
                                         MVAttention, TimestepEmbedding, logical, remat_policy,
                                         timestep_sinusoid, torch_linear_init)
+from mtvjax.models import isa_conditioning as ISA
 from mtvjax.models import motion_pe as PE
 from mtvjax.models.rope import (DEFAULT_THETA, RopeTable, centre_joint_positions,
                                 cogvideox_motion_band_dims, cogvideox_motion_rope,
@@ -79,9 +84,12 @@ class CogVideoXMVBlock(nn.Module):
 
     spec: BlockSpec
     has_motion: bool = True
+    isa: ISA.ISASettings | None = None     # an ISA block at attn0's place (conditioning "isa")
+    grid: tuple | None = None              # (F, h, w) token grid, for ISA
 
     @nn.compact
-    def __call__(self, x, emb_act, motion, vision_rope, motion_q_rope, motion_k_rope):
+    def __call__(self, x, emb_act, motion, vision_rope, motion_q_rope, motion_k_rope,
+                 isa_inputs=None, point_tokens=None):
         s = self.spec
         kw = dict(dtype=s.dtype, param_dtype=s.param_dtype, precision=s.precision)
         attn = dict(num_heads=s.num_heads, head_dim=s.head_dim, qk_norm=True,
@@ -95,25 +103,42 @@ class CogVideoXMVBlock(nn.Module):
             x = x + MVAttention(v_norm=s.motion_v_norm, out_zero_init=s.motion_out_zero_init,
                                 name="attn0", **attn)(x, motion, q_rope=motion_q_rope,
                                                       k_rope=motion_k_rope)
+        if self.isa is not None:
+            x, point_tokens = ISA.apply_isa(self.isa, s.width, s.num_heads, x, self.grid,
+                                            isa_inputs, point_tokens,
+                                            attention_implementation=s.attention_implementation,
+                                            **kw)
         h, c = AdaLNModulation(s.modulation_chunks, ("shift", "scale", "gate"), s.norm_eps,
                                name="norm2", **kw)(x, emb_act)
-        return x + c["gate"] * FeedForward(s.mlp_ratio * s.width, name="ff", **kw)(h)
+        x = x + c["gate"] * FeedForward(s.mlp_ratio * s.width, name="ff", **kw)(h)
+        return x if self.isa is None else (x, point_tokens)
 
 
 class CogVideoXMVBlockGroup(nn.Module):
-    """`size` consecutive blocks, the first with motion attention (when `motion`): the scan body."""
+    """`size` consecutive blocks, the first with motion attention (when `motion`) or an ISA block
+    (when `isa`; the carry is then (x, point tokens)): the scan body."""
 
     spec: BlockSpec
     size: int = 1
     motion: bool = True
+    isa: ISA.ISASettings | None = None
+    grid: tuple | None = None
 
     @nn.compact
-    def __call__(self, x, emb_act, motion, vision_rope, motion_q_rope, motion_k_rope):
+    def __call__(self, x, emb_act, motion, vision_rope, motion_q_rope, motion_k_rope,
+                 isa_inputs=None):
+        point_tokens = None
+        if self.isa is not None:
+            x, point_tokens = x
         for r in range(self.size):
-            x = CogVideoXMVBlock(self.spec, has_motion=self.motion and r == 0,
-                                 name=f"block_{r}")(x, emb_act, motion, vision_rope,
-                                                   motion_q_rope, motion_k_rope)
-        return x, None
+            isa = self.isa if r == 0 else None
+            x = CogVideoXMVBlock(self.spec, has_motion=self.motion and r == 0, isa=isa,
+                                 grid=self.grid, name=f"block_{r}")(
+                x, emb_act, motion, vision_rope, motion_q_rope, motion_k_rope, isa_inputs,
+                point_tokens)
+            if isa is not None:
+                x, point_tokens = x
+        return (x if self.isa is None else (x, point_tokens)), None
 
 
 class PatchEmbed(nn.Module):
@@ -206,6 +231,10 @@ class MVDiTCogVideoX(nn.Module):
       dtype / param_dtype: compute dtype (float32 default, bfloat16 option) / parameter dtype.
       precision: matmul precision name ("default", "high", "highest").
       attention_implementation: a name in the `attention` registry (None → "auto").
+      conditioning: "motion_attention" (released: 4DMoT tokens, attn0) | "isa" (interspatial
+        attention on `motion_mm`; `motion_every`, the motion PE switches and the unconditional
+        tokens are then unused).
+      isa: the `ISASettings` of the ISA path (None: defaults).
     """
 
     num_layers: int = 42
@@ -236,6 +265,16 @@ class MVDiTCogVideoX(nn.Module):
     param_dtype: Any = jnp.float32
     precision: str | None = None
     attention_implementation: str | None = None
+    conditioning: str = "motion_attention"
+    isa: ISA.ISASettings | None = None
+
+    @property
+    def uses_isa(self) -> bool:
+        return ISA.check_conditioning(self.conditioning) == "isa"
+
+    @property
+    def isa_settings(self) -> ISA.ISASettings:
+        return ISA.ISASettings.create(self.isa)
 
     @property
     def width(self) -> int:
@@ -250,6 +289,11 @@ class MVDiTCogVideoX(nn.Module):
                          dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
 
     def _check(self):
+        if self.uses_isa:
+            every = self.isa_settings.every
+            if self.num_layers % every:
+                raise ValueError(f"num_layers {self.num_layers} is not a multiple of isa.every "
+                                 f"{every}")
         if self.motion_every < 0 or (self.motion_every and self.num_layers % self.motion_every):
             raise ValueError(f"num_layers {self.num_layers} is not a multiple of motion_every "
                              f"{self.motion_every}")
@@ -325,7 +369,7 @@ class MVDiTCogVideoX(nn.Module):
 
     @nn.compact
     def __call__(self, latents, ref_latents=None, timesteps=None, motion_tokens=None,
-                 use_uncond=None, motion_joints=None):
+                 use_uncond=None, motion_joints=None, *, motion_mm=None, camera=None):
         """Predicts v for the noisy latents.
 
         Args:
@@ -339,6 +383,10 @@ class MVDiTCogVideoX(nn.Module):
             unconditional tokens (CFG in one batch).
           motion_joints: `[B, 24, 3]` the clip's first-frame joints (mm, camera frame): the
             positions of the "dynamic" motion RoPE, required there; ignored by other switches.
+          motion_mm: `[B, T, 24, 3]` the window's joints (mm, camera space), T = 4·(F − 1) + 1;
+            required with `conditioning="isa"` (then `motion_tokens` is ignored and `use_uncond`
+            drops that example's points), ignored otherwise.
+          camera: optional `camera.Camera` for ISA (default: the pinhole over 8H × 8W pixels).
         Returns:
           `[B, F, H, W, out_channels]` in the compute dtype.
         """
@@ -362,6 +410,10 @@ class MVDiTCogVideoX(nn.Module):
 
         tokens = PatchEmbed(width, p, self.text_embed_dim, name="patch_embed", **kw)(
             x.astype(dtype))
+        if self.uses_isa:
+            tokens = self._isa_blocks(tokens, emb_act, motion_mm, use_uncond, camera, (f, gh, gw),
+                                      (hh, ww), kw)
+            return self._head(tokens, emb_act, b, f, gh, gw, kw)
         motion = self._motion_input(motion_tokens, use_uncond, b, dtype)
         if motion.shape[1] % self.num_joints:
             raise ValueError(f"{motion.shape[1]} motion tokens are not a whole number of "
@@ -387,7 +439,34 @@ class MVDiTCogVideoX(nn.Module):
                         metadata_params={nn.PARTITION_NAME: "layers"})
         tokens, _ = stack(self._spec(), group_size, self.motion_every > 0, name="blocks")(
             tokens, emb_act, motion, *tables)
+        return self._head(tokens, emb_act, b, f, gh, gw, kw)
 
+    def _isa_blocks(self, tokens, emb_act, motion_mm, use_uncond, camera, grid, latent_size, kw):
+        """The layer scan of the ISA conditioning (groups of `isa.every` blocks, ISA in the first
+        of each; the point tokens are part of the carry)."""
+        settings = self.isa_settings
+        b = tokens.shape[0]
+        inputs = ISA.isa_inputs(settings, motion_mm, use_uncond, b, grid[0], latent_size, camera,
+                                initializing=self.is_initializing())
+        point_tokens = ISA.point_embed(settings, self.width, name="isa_points", **kw)(
+            inputs.points).astype(tokens.dtype)
+        vision = self.vision_rope(*grid)
+        vision = RopeTable(jnp.asarray(vision.cos), jnp.asarray(vision.sin))
+        group = CogVideoXMVBlockGroup
+        use_remat, policy = remat_policy(self.remat)
+        if use_remat:
+            group = nn.remat(group, policy=policy, prevent_cse=False)
+        stack = nn.scan(group, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast,) * 6, length=self.num_layers // settings.every,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        (tokens, _), _ = stack(self._spec(), settings.every, False, settings, tuple(grid),
+                               name="blocks")((tokens, point_tokens), emb_act, None, vision,
+                                              None, None, inputs)
+        return tokens
+
+    def _head(self, tokens, emb_act, b, f, gh, gw, kw):
+        p = self.patch_size
+        hh, ww = gh * p, gw * p
         tokens = LayerNorm(self.norm_eps, axis_name="embed", param_dtype=self.param_dtype,
                            name="norm_final")(tokens)
         tokens, _ = AdaLNModulation(2, ("shift", "scale"), self.norm_eps, name="norm_out",
@@ -425,7 +504,9 @@ def from_config(config, **overrides) -> MVDiTCogVideoX:
         remat=config.get("remat", "none"), dtype=DTYPES[config.get("dtype", "float32")],
         param_dtype=DTYPES[config.get("param_dtype", "float32")],
         precision=m.get("precision", "default"),
-        attention_implementation=m.get("attention_implementation") or None)
+        attention_implementation=m.get("attention_implementation") or None,
+        conditioning=ISA.check_conditioning(m.get("conditioning", "motion_attention")),
+        isa=ISA.ISASettings.create(m.get("isa")))
     kwargs.update(overrides)
     return MVDiTCogVideoX(**kwargs)
 

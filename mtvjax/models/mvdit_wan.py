@@ -46,6 +46,13 @@ learnable `uncond_motion_tokens` `[num_uncond_motion_tokens, motion_dim]` (init 
 7B's), used where `motion_drop` is True or for the whole batch when `motion_tokens is None`.
 Without it, `motion_tokens=None` skips the motion attention entirely (the base Wan model).
 
+**ISA conditioning.** `conditioning="isa"` replaces the motion attention by interspatial
+attention on the raw joints (`motion_mm`, `mtvjax.models.isa_conditioning`): the motion-block slot
+of every group holds `isa` instead of norm4/motion_attn, the groups are `isa.every` blocks long
+(so `blocks/motion_block` is the ISA block), the point embedding `isa_points` is applied once
+before the blocks and the point tokens are carried through the scans; `motion_drop` masks an
+example's points (no unconditional tokens needed).
+
 API: `MVDiTWan(WanDiTConfig)`; `wan_presets()` (`17b`, `tiny17b` model fields), `wan_config`,
 `from_config` / `project_config` (configs/mvdit.py-shaped dicts); `param_shapes`,
 `param_counts`, `param_logical_axes`, `init_params` (no allocation except the last);
@@ -64,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mtvjax.models import isa_conditioning as ISA
 from mtvjax.models import motion_pe as PE
 from mtvjax.models.rope import (RopeTable, motion_positions, rope_table_nd, wan_motion_band_dims,
                                 wan_vision_band_dims, wan_vision_rope)
@@ -148,9 +156,13 @@ class WanDiTConfig:
     attention: str | None = None       # registered SDPA kernel (None: "auto")
     precision: str | None = None       # matmul precision ("highest" for strict float32 on GPU)
     scan_unroll: int = 1
+    conditioning: str = "motion_attention"   # motion_attention (released) | isa
+    isa: ISA.ISASettings = ISA.ISASettings()  # ISA settings (a dict in to_fields / JSON)
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "isa", ISA.ISASettings.create(self.isa))
+        ISA.check_conditioning(self.conditioning)
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not a multiple of num_heads {self.num_heads}")
         if self.motion_every and self.motion_dim > self.dim:
@@ -181,9 +193,18 @@ class WanDiTConfig:
     def patch_volume(self) -> int:
         return int(np.prod(self.patch_size))
 
+    @property
+    def uses_isa(self) -> bool:
+        return self.conditioning == "isa"
+
+    @property
+    def group_every(self) -> int:
+        """Blocks per scanned group: `isa.every` (ISA) or `motion_every`."""
+        return self.isa.every if self.uses_isa else self.motion_every
+
     def motion_blocks(self) -> tuple[int, ...]:
         """Indices of the blocks holding motion attention (0, 4, ..., 36 released)."""
-        if not self.motion_every:
+        if not self.motion_every or self.uses_isa:
             return ()
         return tuple(range(0, self.num_layers, self.motion_every))
 
@@ -265,11 +286,11 @@ def block_location(config: WanDiTConfig, index: int) -> tuple[tuple[str, ...], t
     """Where released block `index` lives: (param path prefix, stacking index).
 
     `blocks/motion_block` [G], `blocks/plain` [G, k−1], `tail/motion_block`, `tail/plain` [r−1],
-    or `blocks` [L] when motion_every is 0.
+    or `blocks` [L] when motion_every is 0 (groups of `isa.every` with ISA conditioning).
     """
     if not 0 <= index < config.num_layers:
         raise IndexError(f"block {index} out of range for {config.num_layers} layers")
-    k = config.motion_every
+    k = config.group_every
     if not k:
         return ("blocks",), (index,)
     groups = config.num_layers // k
@@ -318,6 +339,7 @@ class BlockContext(NamedTuple):
     vision_rope: RopeTable        # [S, d/2]
     motion_rope: RopeTable | None  # [M, d/2] or [B, M, d/2] keys; None: not rotated
     motion_q_rope: RopeTable | None = None  # [S, d/2] motion-attention queries; None: unrotated
+    isa: ISA.ISAInputs | None = None  # points / camera / mask of the ISA conditioning
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,10 +352,14 @@ class WanBlock(nn.Module):
 
     config: WanDiTConfig
     motion: bool = False
+    grid: tuple | None = None          # (F, h, w) token grid, for ISA
 
     @nn.compact
     def __call__(self, x, ctx: BlockContext):
         cfg = self.config
+        point_tokens = None
+        if isinstance(x, tuple):           # ISA: the carry holds the point tokens
+            x, point_tokens = x
         dtype, pdt, f32 = cfg.compute_dtype, cfg.params_dtype, jnp.float32
         width = x.shape[-1]
         attn_kw = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, epsilon=cfg.eps,
@@ -362,6 +388,11 @@ class WanBlock(nn.Module):
                                    name="motion_attn")(h, ctx.motion, ctx.motion_q_rope,
                                                        ctx.motion_rope)
             x = x + y.astype(dtype)
+        elif self.motion and ctx.isa is not None:    # 3'. ISA in the motion slot
+            x, point_tokens = ISA.apply_isa(cfg.isa, width, cfg.num_heads, x, self.grid, ctx.isa,
+                                            point_tokens, attention_implementation=cfg.attention,
+                                            dtype=dtype, param_dtype=pdt, precision=cfg.precision)
+            x = x.astype(dtype)
 
         # 4. FFN, modulated, gated
         h = (layer_norm_f32(x, cfg.eps) * (1 + scale_ff) + shift_ff).astype(dtype)
@@ -369,7 +400,7 @@ class WanBlock(nn.Module):
         h = dense(cfg.ffn_dim, "ffn_0", ("embed", "mlp"), **dkw)(h)
         h = dense(width, "ffn_2", ("mlp", "embed"), **dkw)(nn.gelu(h, approximate=True))
         x = (x.astype(f32) + h.astype(f32) * gate_ff).astype(dtype)
-        return x, None
+        return (x if point_tokens is None else (x, point_tokens)), None
 
 
 def _block_class(config: WanDiTConfig):
@@ -390,14 +421,15 @@ class WanBlockGroup(nn.Module):
 
     config: WanDiTConfig
     num_plain: int
+    grid: tuple | None = None
 
     @nn.compact
     def __call__(self, x, ctx: BlockContext):
         block = _block_class(self.config)
-        x, _ = block(self.config, motion=True, name="motion_block")(x, ctx)
+        x, _ = block(self.config, motion=True, grid=self.grid, name="motion_block")(x, ctx)
         if self.num_plain:
             x, _ = _scanned(block, self.num_plain, "sublayers", self.config.scan_unroll)(
-                self.config, motion=False, name="plain")(x, ctx)
+                self.config, motion=False, grid=self.grid, name="plain")(x, ctx)
         return x, None
 
 
@@ -432,7 +464,8 @@ class MVDiTWan(nn.Module):
     @nn.compact
     def __call__(self, x, timesteps, text_emb, image_emb, motion_tokens=None, *, y=None,
                  mask=None, ref=None, text_lens=None, motion_drop=None,
-                 motion_rope: RopeTable | None = None, motion_joints=None):
+                 motion_rope: RopeTable | None = None, motion_joints=None, motion_mm=None,
+                 camera=None):
         """Flow-matching velocity for the noisy latents.
 
         Args:
@@ -452,6 +485,10 @@ class MVDiTWan(nn.Module):
             M / 24 latent frames (for "4d" the released one, `released_motion_rope`).
           motion_joints: `[B, 24, 3]` the clip's first-frame joints (mm): the positions of the
             "dynamic" motion RoPE, required there; ignored by the other switches.
+          motion_mm: `[B, T, 24, 3]` the window's joints (mm), T = 4·(F − 1) + 1: required with
+            `conditioning="isa"` (then `motion_tokens` is ignored and `motion_drop` masks that
+            example's points), ignored otherwise.
+          camera: optional `camera.Camera` for ISA (default: the pinhole over 8H × 8W pixels).
         Returns:
           `[B, F, H, W, out_channels]` float32.
         """
@@ -492,16 +529,26 @@ class MVDiTWan(nn.Module):
             nn.gelu(text, approximate=True))
         image = None if image_emb is None else WanImageEmbedding(cfg, name="img_emb")(image_emb)
 
-        motion, motion_rope = self._motion(motion_tokens, motion_drop, motion_rope, batch,
-                                           motion_joints)
+        isa = None
+        if cfg.uses_isa:
+            motion, motion_rope = None, None
+            isa = ISA.isa_inputs(cfg.isa, motion_mm, motion_drop, batch, gf, (height, width),
+                                 camera, initializing=self.is_initializing())
+            point_tokens = ISA.point_embed(cfg.isa, cfg.dim, name="isa_points", **dkw)(isa.points)
+            tokens = (tokens, point_tokens.astype(tokens.dtype))
+        else:
+            motion, motion_rope = self._motion(motion_tokens, motion_drop, motion_rope, batch,
+                                               motion_joints)
         vision_rope = wan_vision_rope(gf, gh, gw, cfg.head_dim)
         motion_q_rope = (vision_rope if PE.released_query(cfg.motion_pe, cfg.motion_query_rope)
                          else PE.query_table(cfg.motion_pe, cfg.motion_query_rope, gf, gh, gw,
                                              wan_vision_band_dims(cfg.head_dim),
                                              wan_motion_band_dims(cfg.head_dim), 10000.0,
                                              np.float64))
-        ctx = BlockContext(e0, text, image, motion, vision_rope, motion_rope, motion_q_rope)
-        h = self._blocks(tokens, ctx)
+        ctx = BlockContext(e0, text, image, motion, vision_rope, motion_rope, motion_q_rope, isa)
+        h = self._blocks(tokens, ctx, (gf, gh, gw))
+        if isinstance(h, tuple):
+            h = h[0]
 
         # head: (modulation + e) shift/scale, LN without affine, Linear to p·C
         out = WanHead(cfg.dim, cfg.patch_volume * cfg.out_channels, cfg.eps, dtype, pdt,
@@ -583,9 +630,10 @@ class MVDiTWan(nn.Module):
                                                 cfg.params_dtype, name="motion_pos_embed")(tokens)
         return tokens, table
 
-    def _blocks(self, x, ctx: BlockContext):
+    def _blocks(self, x, ctx: BlockContext, grid=None):
         cfg = self.config
-        k = cfg.motion_every
+        k = cfg.group_every
+        grid = tuple(grid) if cfg.uses_isa else None
         if not k:
             x, _ = _scanned(_block_class(cfg), cfg.num_layers, "layers", cfg.scan_unroll)(
                 cfg, motion=False, name="blocks")(x, ctx)
@@ -593,9 +641,9 @@ class MVDiTWan(nn.Module):
         groups, rest = divmod(cfg.num_layers, k)
         if groups:
             x, _ = _scanned(WanBlockGroup, groups, "layers", cfg.scan_unroll)(
-                cfg, num_plain=k - 1, name="blocks")(x, ctx)
+                cfg, num_plain=k - 1, grid=grid, name="blocks")(x, ctx)
         if rest:
-            x, _ = WanBlockGroup(cfg, num_plain=rest - 1, name="tail")(x, ctx)
+            x, _ = WanBlockGroup(cfg, num_plain=rest - 1, grid=grid, name="tail")(x, ctx)
         return x
 
 
@@ -658,10 +706,10 @@ def count_params(tree) -> int:
 
 def is_trainable_path(path: tuple) -> bool:
     """Trainable in the released recipe: the motion-attention modules (norm4, motion_attn) and
-    the unconditional motion tokens / learnable motion embedding when configured; everything
-    Wan-named is frozen."""
+    the unconditional motion tokens / learnable motion embedding when configured (with ISA
+    conditioning: the ISA blocks and point embedding); everything Wan-named is frozen."""
     return ("motion_attn" in path or "norm4" in path or path[-1] == "uncond_motion_tokens"
-            or "motion_pos_embed" in path)
+            or "motion_pos_embed" in path or ISA.is_isa_path(path))
 
 
 def trainable_mask(params) -> dict:
@@ -684,7 +732,7 @@ def param_counts(config) -> dict:
     for path, leaf in flat.items():
         stacked = 0
         if path[0] == "blocks":
-            stacked = 1 if (not cfg.motion_every or path[1] == "motion_block") else 2
+            stacked = 1 if (not cfg.group_every or path[1] == "motion_block") else 2
         elif path[0] == "tail" and path[1] == "plain":
             stacked = 1
         tensors += int(np.prod(leaf.shape[:stacked]))

@@ -8,6 +8,11 @@ sample every window (motion CFG with the unconditional tokens, reused per window
 pinned to the previous window's last frames); decode, stitch, write the mp4 and, optionally, the
 side-by-side panel. Returns a report with the timings (seconds per sampling step measured on the
 compiled loop, compile time apart).
+
+An MV-DiT checkpoint whose config has `model.conditioning="isa"` (interspatial attention) takes
+each window's raw motion (`windows_mm[w:w+1]`, mm) instead of tokens; the 4DMoT checkpoint is
+then optional: without one no tokens are made and the panel's skeleton column shows the input
+motion only; with one it still gives the panel's reconstruction and `tokenizer_mpjpe_mm`.
 """
 from __future__ import annotations
 
@@ -63,9 +68,23 @@ def build_animator(config, progress: bool = True):
     raise ValueError(f"unknown family {config.family!r}; expected one of {FAMILIES}")
 
 
-def check_checkpoints(config) -> None:
-    """Every checkpoint the family needs is configured and exists, before anything loads."""
-    needed = ["mvdit", "tokenizer", "vae"] + (["clip"] if config.family == "wan" else [])
+def mvdit_conditioning(folder: str) -> str:
+    """`model.conditioning` stored with an MV-DiT checkpoint ("motion_attention" when absent)."""
+    from mtvjax.checkpoint.manager import read_config
+    config_json, _ = read_config(str(folder))
+    return (config_json.get("model") or {}).get("conditioning") or "motion_attention"
+
+
+def check_checkpoints(config) -> bool:
+    """Every checkpoint the family needs is configured and exists, before anything loads.
+    Returns whether the MV-DiT is ISA-conditioned (then the 4DMoT is optional)."""
+    isa = False
+    if config.checkpoints.mvdit and Path(config.checkpoints.mvdit).is_dir():
+        isa = mvdit_conditioning(config.checkpoints.mvdit) == "isa"
+    needed = (["mvdit"] + ([] if isa else ["tokenizer"]) + ["vae"]
+              + (["clip"] if config.family == "wan" else []))
+    if isa and config.checkpoints.tokenizer:
+        needed.append("tokenizer")
     for name in needed:
         folder = config.checkpoints[name]
         if not folder:
@@ -73,6 +92,7 @@ def check_checkpoints(config) -> None:
                              f"see configs/animate.py)")
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder}: checkpoints.{name} folder not found")
+    return isa
 
 
 def motion_tokens(tokenizer, windows_mm: np.ndarray, width: int) -> dict:
@@ -102,7 +122,11 @@ def _panel(reference_u8, driving, motion, recon, video_u8, size: int) -> np.ndar
     columns = [np.repeat(fit(reference_u8)[None], frames, 0)]
     if driving is not None:
         columns.append(np.stack([fit(f) for f in driving[:frames]]))
-    columns.append(render_motion_frames([motion, recon], ["motion", "4DMoT"], (width, size)))
+    if recon is None:
+        columns.append(render_motion_frames([motion], ["motion"], (width, size)))
+    else:
+        columns.append(render_motion_frames([motion, recon], ["motion", "4DMoT"],
+                                            (width, size)))
     columns.append(np.stack([fit(f) for f in video_u8]))
     n = min(len(c) for c in columns)
     return np.concatenate([c[:n] for c in columns], axis=2)
@@ -129,12 +153,17 @@ def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> 
     drive = driving_motion(motion_path, plan.frames, config.motion.clip, config.motion.start,
                            config.motion.stride)
     reference_u8 = RI.fit_reference(RI.load_image(ref_image), tuple(v.resolution), v.bucket_base)
-    check_checkpoints(config)
+    isa = check_checkpoints(config)
 
-    tokenizer = Tokenizer(config.checkpoints.tokenizer)
     animator = build_animator(config, progress)
     windows_mm = window_motion(drive.motion, plan)
-    tok = motion_tokens(tokenizer, windows_mm, animator.motion_width)
+    tok = None
+    if config.checkpoints.tokenizer or not isa:
+        tokenizer = Tokenizer(config.checkpoints.tokenizer)
+        width = animator.motion_width
+        if isa:   # only for the panel / MPJPE: any code width will do
+            width = int(tokenizer.config.model.code_dim)
+        tok = motion_tokens(tokenizer, windows_mm, width)
 
     key_ref, key_windows = jax.random.split(jax.random.PRNGKey(int(config.seed)))
     reference = RI.to_signed(reference_u8)
@@ -143,8 +172,10 @@ def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> 
     for w in range(len(plan.starts)):
         label = f"window {w + 1}/{len(plan.starts)}"
         joints = windows_mm[w:w + 1, 0] if animator.dynamic_pe else None   # first-frame pose
-        latents = animator.sample(cond, tok["tokens"][w:w + 1], jax.random.fold_in(key_windows, w),
-                                  previous, label, joints)
+        tokens = None if isa else tok["tokens"][w:w + 1]
+        motion_mm = np.asarray(windows_mm[w:w + 1], np.float32) if isa else None
+        latents = animator.sample(cond, tokens, jax.random.fold_in(key_windows, w), previous,
+                                  label, joints, motion_mm=motion_mm)
         decoded.append(animator.decode(latents))
         previous = decoded[-1][-plan.overlap:] if plan.overlap else None
     video_u8 = RI.to_uint8(stitch(decoded, plan))
@@ -157,9 +188,10 @@ def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> 
               "seconds_per_step": animator.runs.seconds_per_step,
               "compile_seconds": animator.runs.compile_seconds,
               "sample_seconds": animator.runs.sample_seconds,
-              "tokenizer_mpjpe_mm": float(np.mean(tok["mpjpe_mm"]))}
+              "conditioning": "isa" if isa else "motion_attention",
+              "tokenizer_mpjpe_mm": None if tok is None else float(np.mean(tok["mpjpe_mm"]))}
     if config.panel.enabled:
-        recon = stitch(list(tok["recon_mm"]), plan)
+        recon = None if tok is None else stitch(list(tok["recon_mm"]), plan)
         panel = _panel(reference_u8, _driving_frames(drive, plan.frames), drive.motion, recon,
                        video_u8, int(config.panel.size))
         panel_path = Path(out_path).with_name(Path(out_path).stem + "_panel.mp4")

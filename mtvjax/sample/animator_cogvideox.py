@@ -43,7 +43,8 @@ class CogVideoXAnimator:
         self.latent_channels = int(self.vae.config.latent_channels)
         self.spatial = self.vae.spatial_ratio
         self.motion_width = self.model.width
-        self.dynamic_pe = self.model.motion_pe == "dynamic"   # RoPE at the clip's own joints
+        self.isa = self.model.conditioning == "isa"           # raw motion, no tokens
+        self.dynamic_pe = self.model.motion_pe == "dynamic" and not self.isa
         self.runs = SamplingRuns(denoise_7b(self.model), SAMPLERS[s.sampler](s.steps),
                                  G.motion_cfg_7b(s.motion_cfg), dtype, config.long.blend, progress)
 
@@ -59,15 +60,18 @@ class CogVideoXAnimator:
                                tiling=self.tiling)
 
     def sample(self, cond: dict, tokens: jax.Array, key, previous_frames=None,
-               label: str = "sampling", motion_joints=None) -> jax.Array:
-        """Latents of one window for motion tokens `[1, M, D]`; `previous_frames` `[k, H, W, 3]`
+               label: str = "sampling", motion_joints=None, motion_mm=None) -> jax.Array:
+        """Latents of one window for motion tokens `[1, M, D]` (ISA model: None, and the
+        window's motion `motion_mm` `[1, T, 24, 3]` mm); `previous_frames` `[k, H, W, 3]`
         (the last decoded frames of the previous window) pin the first latent frames."""
         ref = cond["ref_latents"]
         pinned = None if previous_frames is None else self.encode_clean(previous_frames)
         shape = ref.shape[:-1] + (self.model.out_channels,)
         args = (self.params, ref, tokens)
-        if motion_joints is not None:
+        if motion_joints is not None or motion_mm is not None:
             args += (motion_joints,)
+        if motion_mm is not None:
+            args += (jnp.asarray(motion_mm, jnp.float32),)
         return self.runs(shape, key, args, pinned, label)
 
     def decode(self, latents) -> np.ndarray:

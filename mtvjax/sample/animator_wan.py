@@ -80,7 +80,8 @@ class WanAnimator:
         self.clip_config, self.clip_params = load_clip_vision(c.clip)
         self.text, self.negative = text_embeddings(config)
         motion_cfg = float(s.motion_cfg)
-        if motion_cfg != 1.0 and not model_config.uncond_motion:
+        self.isa = model_config.conditioning == "isa"         # raw motion, no tokens
+        if motion_cfg != 1.0 and not (model_config.uncond_motion or self.isa):
             raise ValueError(f"motion CFG {motion_cfg} needs a 17B with unconditional motion "
                              "tokens (model.uncond_motion); the released 17B has none: use 1.0")
         use_motion = motion_cfg != 1.0
@@ -89,7 +90,7 @@ class WanAnimator:
         self.latent_channels = model_config.out_channels
         self.spatial = self.vae_config.spatial_factor
         self.motion_width = model_config.motion_dim
-        self.dynamic_pe = model_config.motion_pe == "dynamic"   # RoPE at the clip's own joints
+        self.dynamic_pe = model_config.motion_pe == "dynamic" and not self.isa
         self.runs = SamplingRuns(denoise_17b(self.model, use_motion), SAMPLERS[s.sampler](s.steps),
                                  guidance, dtype, config.long.blend, progress)
 
@@ -114,8 +115,9 @@ class WanAnimator:
         return {"y": y, "image": self._clip(reference), "frames": frames}
 
     def sample(self, cond: dict, tokens: jax.Array, key, previous_frames=None,
-               label: str = "sampling", motion_joints=None) -> jax.Array:
-        """Latents of one window for motion tokens `[1, M, motion_dim]`."""
+               label: str = "sampling", motion_joints=None, motion_mm=None) -> jax.Array:
+        """Latents of one window for motion tokens `[1, M, motion_dim]` (ISA model: None, and
+        the window's motion `motion_mm` `[1, T, 24, 3]` mm)."""
         y, image, pinned = cond["y"], cond["image"], None
         if previous_frames is not None:
             y, count = self.condition(np.asarray(previous_frames), cond["frames"])
@@ -123,8 +125,10 @@ class WanAnimator:
             pinned = y[:, :count, ..., MASK_CHANNELS:]
         shape = y.shape[:-1] + (self.latent_channels,)
         args = (self.params, y, self.text, self.negative, image, tokens)
-        if motion_joints is not None:
+        if motion_joints is not None or motion_mm is not None:
             args += (motion_joints,)
+        if motion_mm is not None:
+            args += (jnp.asarray(motion_mm, jnp.float32),)
         return self.runs(shape, key, args, pinned, label)
 
     def decode(self, latents) -> np.ndarray:

@@ -9,6 +9,8 @@ MV-DiT's motion width, unconditional motion tokens for `window` frames), written
 `mtvjax convert` and `mtvjax train` write them, plus `flags.txt` with the `--config.*`
 overrides that point an animate config at them. The weights are random: the videos are noise,
 but every stage of the real pipeline runs. Used by the tests and for trying the command out.
+With `model_fields={"conditioning": "isa"}` (`--isa`) the MV-DiT is ISA-conditioned and the set
+has no 4DMoT (animate does not need one then).
 """
 from __future__ import annotations
 
@@ -92,11 +94,14 @@ def write_cogvideox(out: str, window: int, seed: int, model_fields: dict) -> dic
     paths = {"mvdit": os.path.join(out, "mvdit"), "tokenizer": os.path.join(out, "tokenizer"),
              "vae": os.path.join(out, "vae")}
     save_params(paths["mvdit"], random_like(mv.abstract_params(model), seed), config)
+    if model.conditioning == "isa":     # raw motion: no 4DMoT needed
+        del paths["tokenizer"]
     vae = vc.CogVideoXVAE(vc.get_config("tiny"))
     vae_config = ml_collections.ConfigDict({"variant": "tiny", "vae": dict(vae.config)})
     _save(paths["vae"], {"params": random_like(vae.abstract_params(), seed + 2)},
           config_to_json(vae_config))
-    write_tokenizer(paths["tokenizer"], width, seed + 3)
+    if "tokenizer" in paths:
+        write_tokenizer(paths["tokenizer"], width, seed + 3)
     return paths
 
 
@@ -121,7 +126,10 @@ def write_wan(out: str, window: int, seed: int, model_fields: dict,
     clip_config = clip_vision.clip_vision_config("tiny")
     save_converted(paths["clip"], clip_vision.FAMILY, clip_config,
                    random_like(clip_vision.param_shapes(clip_config), seed + 2), report)
-    write_tokenizer(paths["tokenizer"], config.motion_dim, seed + 3)
+    if config.uses_isa:                 # raw motion: no 4DMoT needed
+        del paths["tokenizer"]
+    else:
+        write_tokenizer(paths["tokenizer"], config.motion_dim, seed + 3)
     rng = np.random.default_rng(seed)
     paths["prompt_embeddings"] = os.path.join(out, "prompt_embeddings.npz")
     np.savez(paths["prompt_embeddings"], prompt=rng.normal(size=(5, TINY_TEXT_DIM)),
@@ -184,8 +192,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="new or empty folder")
     parser.add_argument("--window", type=int, default=17, help="frames per window (8k + 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--isa", action="store_true",
+                        help='an ISA-conditioned MV-DiT (model.conditioning="isa"), no 4DMoT')
     args = parser.parse_args(argv)
-    result = write_set(args.out, args.family, args.window, args.seed)
+    result = write_set(args.out, args.family, args.window, args.seed,
+                       model_fields={"conditioning": "isa"} if args.isa else None)
     print(" ".join(result["flags"]))
 
 

@@ -10,6 +10,9 @@
 * **motion tokens.** `batch["motion_tokens"]` `[k, b, F·24, w]` when precomputed; otherwise the
   frozen 4DMoT (`tokenizer`, parameters in `frozen`) tokenises `batch["motion"]` inside the step
   (quantised codebook vectors, no gradient).
+* **ISA conditioning.** With `model.conditioning="isa"` no tokens are used (nor a 4DMoT): the
+  model takes `batch["motion"]` `[k, b, T, 24, 3]` (mm, T = 4·(F − 1) + 1) as `motion_mm`, and
+  motion dropout masks the dropped samples' points (the same drop flag).
 * **motion joints.** With `model.motion_pe="dynamic"` the model's `motion_joints` are
   `batch["first_joints"]` `[k, b, 24, 3]` (mm; else `batch["motion"][:, :, 0]`); other switches
   take no joints.
@@ -22,8 +25,9 @@
   `train.text_drop_prob` (wan only; the 7B has no text input) its text is dropped
   (`text_lens` = 0: every row zero before the text MLP).
 * **trainable mask.** `optim.trainable` "all" or "motion" (the motion attention and the
-  unconditional motion tokens). Frozen parameters are not differentiated, have no optimiser state
-  and are carried through bit-identically.
+  unconditional motion tokens; with ISA conditioning the ISA blocks and point embedding).
+  Frozen parameters are not differentiated, have no optimiser state and are carried through
+  bit-identically.
 * **optimiser.** Gradients (float32, averaged over micro-batches) → global-norm clipping →
   AdamW(β 0.9/0.99, weight decay) with linear warm-up then a constant rate. The model computes in
   `train.dtype` (bf16 for 7b/17b) from the float32 master parameters.
@@ -43,6 +47,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from mtvjax.models import isa_conditioning as ISA
 from mtvjax.models import mvdit_cogvideox as mv
 from mtvjax.models import mvdit_wan as W
 from mtvjax.sample import schedules as S
@@ -66,6 +71,11 @@ def family(config) -> str:
     if name not in FAMILIES:
         raise ValueError(f"unknown MV-DiT family {name!r}; expected one of {FAMILIES}")
     return name
+
+
+def uses_isa(config) -> bool:
+    """Whether the model is conditioned by interspatial attention on the raw motion."""
+    return ISA.settings_of(config.model) is not None
 
 
 def build_model(config):
@@ -103,7 +113,7 @@ def trainable_predicate(config) -> Callable[[tuple], bool]:
     if family(config) == "wan":
         return W.is_trainable_path
     return lambda path: ("attn0" in path or path[-1] == "unconditional_motion_token"
-                         or "motion_pos_embed" in path)
+                         or "motion_pos_embed" in path or ISA.is_isa_path(path))
 
 
 def split_params(params, predicate) -> tuple[dict, dict]:
@@ -333,8 +343,9 @@ def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
     p_motion = float(t.motion_drop_prob) if dropout else 0.0
     p_text = float(t.text_drop_prob) if dropout and fam == "wan" else 0.0  # 7B: no text input
     wan_uncond = fam == "wan" and bool(config.model.get("uncond_motion", False))
-    dynamic = needs_joints(config)
-    if p_motion > 0 and fam == "wan" and not wan_uncond:
+    isa = uses_isa(config)
+    dynamic = needs_joints(config) and not isa
+    if p_motion > 0 and fam == "wan" and not wan_uncond and not isa:
         raise ValueError("train.motion_drop_prob > 0 needs model.uncond_motion=True (learnable "
                          "unconditional motion tokens); or set train.fit_uncond_motion")
 
@@ -351,12 +362,18 @@ def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
         b, f = x0.shape[:2]
         x_t, target, timesteps, drop_motion, drop_text = draw(
             key, micro["sample_index"], x0, p_motion, p_text)
-        tokens = tokens_of(micro, frozen)
-        if tokens.shape[1] != f * NUM_JOINTS:
-            raise ValueError(f"{tokens.shape[1]} motion tokens for {f} latent frames; expected "
-                             f"{f * NUM_JOINTS} (frames·24)")
+        if isa:
+            if "motion" not in micro:
+                raise ValueError('model.conditioning="isa" needs the windows\' joints: the '
+                                 "batch has no motion")
+            tokens, joints = None, {"motion_mm": micro["motion"]}
+        else:
+            tokens = tokens_of(micro, frozen)
+            if tokens.shape[1] != f * NUM_JOINTS:
+                raise ValueError(f"{tokens.shape[1]} motion tokens for {f} latent frames; "
+                                 f"expected {f * NUM_JOINTS} (frames·24)")
+            joints = {"motion_joints": joints_of(micro)} if dynamic else {}
         ref = micro["ref_latents"]
-        joints = {"motion_joints": joints_of(micro)} if dynamic else {}
         if fam == "cogvideox":
             ref = jnp.broadcast_to(ref, x0.shape) if ref.shape[1] == 1 else ref
             pred = model.apply({"params": params}, x_t, ref_latents=ref, timesteps=timesteps,
@@ -450,7 +467,7 @@ def abstract_batch(config, batch_size: int, frames: int, height: int, width: int
     out = {"latents": jax.ShapeDtypeStruct((k, b, frames, height, width, channels), f32),
            "ref_latents": jax.ShapeDtypeStruct((k, b, 1, height, width, channels), f32),
            "sample_index": jax.ShapeDtypeStruct((k, b), jnp.int32)}
-    if tokens:
+    if tokens and not uses_isa(config):
         out["motion_tokens"] = jax.ShapeDtypeStruct((k, b, frames * NUM_JOINTS,
                                                      motion_width(config)), f32)
     else:

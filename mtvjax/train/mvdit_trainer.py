@@ -8,7 +8,9 @@
   with every checkpoint.
 * motion tokens: precomputed in the records, or made inside the step by a frozen 4DMoT restored
   from `motion.tokenizer_checkpoint` (its code width must equal the model's motion width). With
-  `model.motion_pe="dynamic"` the records' `first_joints` go to the step as well.
+  `model.motion_pe="dynamic"` the records' `first_joints` go to the step as well. With
+  `model.conditioning="isa"` the records' `motion` windows go to the step instead of any tokens
+  (`motion.tokens` is ignored; no 4DMoT is loaded).
 * state: parameters and optimiser state are created sharded from their logical axis names
   (`init_sharded` with `config.mesh` / `config.sharding_rules`); the batch is sharded on `batch`.
   The same code runs on one device, one host or many hosts. `train.init_from` loads pretrained
@@ -92,7 +94,7 @@ def fit_config(config, sample: dict) -> tuple[ml_collections.ConfigDict, list[st
     m, t = config.model, config.train
     count = sample["latents"].shape[0] * NUM_JOINTS
     width = steps.motion_width(config)
-    if t.motion_drop_prob > 0 and t.fit_uncond_motion:
+    if t.motion_drop_prob > 0 and t.fit_uncond_motion and not steps.uses_isa(config):
         if steps.family(config) == "cogvideox":
             shape = tuple(m.uncond_motion_shape or ())
             if shape != (count, width):
@@ -128,9 +130,11 @@ class MVDiTTrainer:
         mode = config.motion.tokens
         if mode not in ("auto", "records", "tokenizer"):
             raise ValueError(f"motion.tokens must be auto, records or tokenizer, got {mode!r}")
-        if mode == "records" and not has_tokens:
+        if mode == "records" and not has_tokens and not steps.uses_isa(config):
             raise ValueError("motion.tokens='records' but the records hold no motion_tokens")
-        self.use_tokenizer = mode == "tokenizer" or (mode == "auto" and not has_tokens)
+        self.isa = steps.uses_isa(config)    # raw motion windows, never tokens
+        self.use_tokenizer = not self.isa and (mode == "tokenizer"
+                                               or (mode == "auto" and not has_tokens))
         if self.use_tokenizer:
             if not config.motion.tokenizer_checkpoint:
                 raise ValueError("the records hold no motion tokens: set "
@@ -173,11 +177,12 @@ class MVDiTTrainer:
             raise ValueError(f"{n} local samples do not divide into {k} micro-batches")
         out = {}
         for name, arr in local.items():
-            if name in ("index",) or (name == "motion_tokens" and self.use_tokenizer):
+            if name in ("index",) or (name == "motion_tokens"
+                                      and (self.use_tokenizer or self.isa)):
                 continue
-            if name == "first_joints" and not steps.needs_joints(self.config):
+            if name == "first_joints" and (self.isa or not steps.needs_joints(self.config)):
                 continue
-            if name == "motion" and not self.use_tokenizer:
+            if name == "motion" and not (self.use_tokenizer or self.isa):
                 continue
             arr = np.ascontiguousarray(np.asarray(arr).reshape((n // k, k) + arr.shape[1:])
                                        .swapaxes(0, 1))
