@@ -47,3 +47,17 @@ def load_config(path: str, variant: str):
     """`get_config(variant)` of a file under configs/."""
     from mtvjax.config import load_config as load
     return load(f"{REPO_ROOT / 'configs' / path}:{variant}")
+
+
+@pytest.fixture(scope="session")
+def animate_inputs(tmp_path_factory):
+    """A reference image (90 × 70 px), a 60-frame procedural motion and a broken image file."""
+    import numpy as np
+    from PIL import Image
+    from mtvjax.data.synthetic import SyntheticMotionSource
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((90, 70, 3)) * 255).astype(np.uint8)).save(folder / "ref.png")
+    np.save(folder / "motion.npy", SyntheticMotionSource(1, (60, 60), seed=3)[0].motion)
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder

@@ -1,0 +1,88 @@
+"""`mtvjax animate` end to end on tiny random MV-DiT-7B (CogVideoX family) checkpoints (CPU)."""
+import json
+
+import numpy as np
+import pytest
+
+from animate_helpers import FAST, WINDOW, _cli, _config
+from conftest import REPO_ROOT
+from mtvjax.sample import random_checkpoints
+from mtvjax.sample.animate import animate
+from mtvjax.viz.skeleton_video import read_video_frames
+
+
+@pytest.fixture(scope="module")
+def set7b(tmp_path_factory):
+    return random_checkpoints.write_set(str(tmp_path_factory.mktemp("tiny7b")), "cogvideox",
+                                        WINDOW)
+
+
+def test_7b_animates_a_real_clip_into_an_mp4_deterministically(set7b, animate_inputs,
+                                                              mtvcrafter_sample,
+                                                              tmp_path):
+    motion = mtvcrafter_sample / "sampled_data.pkl"
+    out = tmp_path / "cli" / "out.mp4"
+    _cli("--config", f"{REPO_ROOT}/configs/animate.py:7b",
+         "--ref-image", animate_inputs / "ref.png", "--motion", motion, "--out", out,
+         "--frames", WINDOW,
+         "--seed", 5, "--panel", "--noprogress", *FAST, *set7b["flags"])
+    video = read_video_frames(out)
+    assert video.shape == (WINDOW, 64, 64, 3)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["windows"] == 1 and report["seconds_per_step"] > 0
+    panel = read_video_frames(report["panel"])
+    assert len(panel) == WINDOW and panel.shape[2] > 4 * panel.shape[1]  # 5 columns incl. video
+    # the skeleton columns move with the motion
+    assert np.abs(panel[0].astype(int) - panel[-1].astype(int)).mean() > 1.0
+
+    again = tmp_path / "again.mp4"
+    animate(_config("7b", set7b, seed=5, video__frames=WINDOW), animate_inputs / "ref.png", motion,
+            again, progress=False)
+    np.testing.assert_array_equal(read_video_frames(again), video)
+
+
+def test_7b_long_video_with_dynamic_pe_stitches_windows(animate_inputs, tmp_path):
+    """Four windows of a `motion_pe="dynamic"` model, each rotated at its own first pose."""
+    dynamic = random_checkpoints.write_set(str(tmp_path / "set"), "cogvideox", WINDOW,
+                                           model_fields={"motion_pe": "dynamic"})
+    out = tmp_path / "long.mp4"
+    report = animate(_config("7b", dynamic, video__frames=37), animate_inputs / "ref.png",
+                     animate_inputs / "motion.npy", out, progress=False)
+    assert report["windows"] == 4 and report["window_starts"] == [0, 8, 16, 24]
+    assert read_video_frames(out).shape == (37, 64, 64, 3)
+
+
+def test_7b_isa_model_animates_from_raw_motion_without_a_tokenizer(animate_inputs, tmp_path):
+    """An ISA-conditioned MV-DiT (`model.conditioning="isa"`): two windows from the raw joints,
+    motion CFG through the point-drop flag, no 4DMoT; the panel shows the input skeleton only."""
+    isa = random_checkpoints.write_set(str(tmp_path / "set"), "cogvideox", WINDOW,
+                                       model_fields={"conditioning": "isa"})
+    assert "tokenizer" not in isa
+    out = tmp_path / "isa.mp4"
+    config = _config("7b", isa, video__frames=25, panel__enabled=True, panel__size=64)
+    report = animate(config, animate_inputs / "ref.png", animate_inputs / "motion.npy", out,
+                     progress=False)
+    assert report["conditioning"] == "isa" and report["tokenizer_mpjpe_mm"] is None
+    assert report["windows"] == 2
+    video = read_video_frames(out)
+    assert video.shape == (25, 64, 64, 3)
+    assert read_video_frames(report["panel"]).shape[0] == 25
+
+
+def test_clear_errors_before_any_work(set7b, animate_inputs, tmp_path):
+    image, motion = animate_inputs / "ref.png", animate_inputs / "motion.npy"
+    config = _config("7b", set7b, video__frames=WINDOW)
+    config.checkpoints.mvdit = str(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="absent: checkpoints.mvdit folder not found"):
+        animate(config, image, motion, tmp_path / "o.mp4", progress=False)
+    with pytest.raises(ValueError, match="broken.png: cannot read the reference image"):
+        animate(_config("7b", set7b), animate_inputs / "broken.png", motion, tmp_path / "o.mp4")
+    with pytest.raises(ValueError, match="motion.npy.*60 frames, too short for 97 frames"):
+        animate(_config("7b", set7b, video__frames=97, long__window=97), image, motion,
+                tmp_path / "o.mp4")
+    result = _cli("--config", f"{REPO_ROOT}/configs/animate.py:7b",
+                  "--ref-image", tmp_path / "missing.png", "--motion", motion,
+                  "--out", tmp_path / "o.mp4", *set7b["flags"], check=False)
+    assert result.returncode != 0
+    assert "missing.png: reference image not found" in result.stderr
+    assert not (tmp_path / "o.mp4").exists()
