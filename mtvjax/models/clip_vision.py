@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtvjax.models.config_fields import checked_fields
+
 FAMILY = "clip_vision"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 PRECISIONS = (None, "default", "high", "highest")
@@ -89,15 +91,7 @@ class CLIPVisionConfig:
     def from_fields(cls, fields) -> "CLIPVisionConfig":
         if isinstance(fields, cls):
             return fields
-        fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
-        family = fields.pop("family", FAMILY)
-        if family != FAMILY:
-            raise ValueError(f"fields are for the {family!r} family, not {FAMILY!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown CLIP vision fields {unknown}; known: {sorted(known)}")
-        return cls(**fields)
+        return cls(**checked_fields(cls, fields, FAMILY, "CLIP vision"))
 
 
 def clip_vision_presets() -> dict[str, dict]:

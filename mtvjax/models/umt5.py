@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtvjax.models.config_fields import checked_fields
+
 FAMILY = "umt5"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 PRECISIONS = (None, "default", "high", "highest")
@@ -103,15 +105,7 @@ class UMT5Config:
     def from_fields(cls, fields) -> "UMT5Config":
         if isinstance(fields, cls):
             return fields
-        fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
-        family = fields.pop("family", FAMILY)
-        if family != FAMILY:
-            raise ValueError(f"fields are for the {family!r} family, not {FAMILY!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown umT5 fields {unknown}; known: {sorted(known)}")
-        return cls(**fields)
+        return cls(**checked_fields(cls, fields, FAMILY, "umT5"))
 
 
 def umt5_presets() -> dict[str, dict]:

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mtvjax.models.config_fields import checked_fields
 from mtvjax.models.vae_wan_layers import (CausalConv3d, MidBlock, Resample, ResidualBlock,
                                           RMSNorm, UpBlock)
 
@@ -147,15 +148,7 @@ class WanVAEConfig:
     def from_fields(cls, fields) -> "WanVAEConfig":
         if isinstance(fields, cls):
             return fields
-        fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
-        family = fields.pop("family", FAMILY)
-        if family != FAMILY:
-            raise ValueError(f"fields are for the {family!r} family, not {FAMILY!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown Wan VAE fields {unknown}; known: {sorted(known)}")
-        return cls(**fields)
+        return cls(**checked_fields(cls, fields, FAMILY, "Wan VAE"))
 
 
 def wan_vae_presets() -> dict[str, dict]:
