@@ -46,6 +46,7 @@ from pathlib import Path
 import ml_collections
 
 from mtvjax.config import load_config
+from mtvjax.models.param_tree import count_params
 
 FAMILIES = ("tokenizer", "mvdit")
 ROW_FILE = "row.json"
@@ -249,11 +250,6 @@ def metrics_result(run_dir: Path) -> dict:
             "val_mpjpe_mm": _finite(final_eval.get("mpjpe_mm")),
             "val_loss": _finite(final_eval.get("loss")),
             "eval": {k: float(v) for k, v in final_eval.items()}}
-
-
-def count_params(params) -> int:
-    import jax
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 def config_param_count(config, family: str) -> int:

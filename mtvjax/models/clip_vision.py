@@ -27,9 +27,9 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mtvjax.models.config_fields import checked_fields
+from mtvjax.models.param_tree import count_params  # noqa: F401 (part of this module's API)
 
 FAMILY = "clip_vision"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -248,10 +248,6 @@ def init_params(config, rng) -> dict:
     cfg = clip_vision_config(config)
     model = CLIPVisionTower(cfg)
     return jax.jit(lambda key: model.init(key, *dummy_inputs(cfg))["params"])(rng)
-
-
-def count_params(tree) -> int:
-    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree)))
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,4 +1,5 @@
-"""Checked construction of the frozen dataclass configs (umT5, CLIP vision, Wan VAE) from fields.
+"""Checked construction of frozen dataclass configs (umT5, CLIP vision, Wan VAE, MV-DiT-17B)
+from fields.
 
 Configs travel as plain field dicts (presets, checkpoint JSON, ConfigDicts) tagged with their
 `family`; `checked_fields` turns such a mapping back into constructor arguments, refusing fields

@@ -73,6 +73,8 @@ from flax import traverse_util
 
 from mtvjax.models import isa_conditioning as ISA
 from mtvjax.models import motion_pe as PE
+from mtvjax.models.config_fields import checked_fields
+from mtvjax.models.param_tree import count_params  # noqa: F401 (part of this module's API)
 from mtvjax.models.rope import (RopeTable, motion_positions, rope_table_nd, wan_motion_band_dims,
                                 wan_vision_band_dims, wan_vision_rope)
 from mtvjax.models.wan_blocks import LOGICAL_AXES  # noqa: F401 (re-exported)
@@ -219,15 +221,7 @@ class WanDiTConfig:
         dropped); unknown fields are an error."""
         if isinstance(fields, cls):
             return fields
-        fields = dict(fields.to_dict() if hasattr(fields, "to_dict") else fields)
-        family = fields.pop("family", FAMILY)
-        if family != FAMILY:
-            raise ValueError(f"model fields are for the {family!r} family, not {FAMILY!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown MV-DiT-17B model fields {unknown}; known: {sorted(known)}")
-        return cls(**fields)
+        return cls(**checked_fields(cls, fields, FAMILY, "MV-DiT-17B model"))
 
 
 def wan_presets() -> dict[str, dict]:
@@ -698,10 +692,6 @@ def param_logical_axes(config) -> dict:
     """`PartitionSpec`s of LOGICAL axis names per parameter (scan axes `layers` / `sublayers`
     first), for `mtvjax.parallel.mesh.logical_to_spec` or `nn.logical_to_mesh_sharding`."""
     return nn.get_partition_spec(boxed_param_shapes(config))
-
-
-def count_params(tree) -> int:
-    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree)))
 
 
 def is_trainable_path(path: tuple) -> bool:

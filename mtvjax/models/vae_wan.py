@@ -36,10 +36,10 @@ from typing import Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
 from mtvjax.models.config_fields import checked_fields
+from mtvjax.models.param_tree import count_params  # noqa: F401 (part of this module's API)
 from mtvjax.models.vae_wan_layers import (CausalConv3d, MidBlock, Resample, ResidualBlock,
                                           RMSNorm, UpBlock)
 
@@ -312,10 +312,6 @@ def init_params(config, rng) -> dict:
                 "gamma": nn.initializers.ones}.get(path[-1], nn.initializers.zeros)
         out[path] = init(key, leaf.shape, leaf.dtype)
     return traverse_util.unflatten_dict(out)
-
-
-def count_params(tree) -> int:
-    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree)))
 
 
 # ----------------------------------------------------------------------------------------------
