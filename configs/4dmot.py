@@ -29,6 +29,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         joint_kernel=3,
         dilation_reference=512,    # ResBlock dilation = max(1, reference // width - 1)
         coord_dim=3,               # 2: the paper's "3D quantisation" over (t, x, y), no depth
+        conv_impl="matmul",        # window-exact matrix products; "lax": XLA convolutions
     ))
 
     c.quantizer = ml_collections.ConfigDict(dict(

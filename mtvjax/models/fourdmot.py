@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from mtvjax.models import quantizer as vq
 from mtvjax.models.fourdmot_layers import (JointConv, ResBlock, temporal_avg_pool2,
                                            temporal_upsample2)
+from mtvjax.models.window_conv import WindowConv
 
 
 def split_windows(x: jnp.ndarray, window: int):
@@ -76,20 +77,21 @@ class Encoder(nn.Module):
     num_groups: int
     joint_kernel: int
     dilation_reference: int
+    conv_impl: str
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(self.channels[0], (3, 3), padding=((1, 1), (1, 1)), name="conv_in")(x)
+        x = WindowConv(self.channels[0], (3, 3), impl=self.conv_impl, name="conv_in")(x)
         for s, width in enumerate(self.channels):
             if x.shape[-1] != width:
                 x = ResBlock(width, self.num_groups, self.dilation_reference,
                              name=f"stage{s}_transition")(x)
             for i in range(self.num_res_blocks):
-                x = ResBlock(width, self.num_groups, self.dilation_reference,
+                x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
                              name=f"stage{s}_block{i}")(x)
             x = temporal_avg_pool2(x)
-            x = JointConv(width, self.joint_kernel, name=f"stage{s}_down")(x)
-        return nn.Conv(self.code_dim, (3, 3), padding=((1, 1), (1, 1)), name="conv_out")(x)
+            x = JointConv(width, self.joint_kernel, self.conv_impl, name=f"stage{s}_down")(x)
+        return WindowConv(self.code_dim, (3, 3), impl=self.conv_impl, name="conv_out")(x)
 
 
 class Decoder(nn.Module):
@@ -101,21 +103,22 @@ class Decoder(nn.Module):
     num_groups: int
     joint_kernel: int
     dilation_reference: int
+    conv_impl: str
 
     @nn.compact
     def __call__(self, x):
         widths = list(reversed(self.channels))
-        x = nn.Conv(widths[0], (3, 3), padding=((1, 1), (1, 1)), name="conv_in")(x)
+        x = WindowConv(widths[0], (3, 3), impl=self.conv_impl, name="conv_in")(x)
         for s, width in enumerate(widths):
             if x.shape[-1] != width:
                 x = ResBlock(width, self.num_groups, self.dilation_reference,
                              name=f"stage{s}_transition")(x)
             for i in range(self.num_res_blocks):
-                x = ResBlock(width, self.num_groups, self.dilation_reference,
+                x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
                              name=f"stage{s}_block{i}")(x)
             x = temporal_upsample2(x)
-            x = JointConv(width, self.joint_kernel, name=f"stage{s}_up")(x)
-        return nn.Conv(self.out_features, (3, 3), padding=((1, 1), (1, 1)), name="conv_out")(x)
+            x = JointConv(width, self.joint_kernel, self.conv_impl, name=f"stage{s}_up")(x)
+        return WindowConv(self.out_features, (3, 3), impl=self.conv_impl, name="conv_out")(x)
 
 
 class FourDMoT(nn.Module):
@@ -130,6 +133,7 @@ class FourDMoT(nn.Module):
     joint_kernel: int = 3
     dilation_reference: int = 512
     coord_dim: int = 3
+    conv_impl: str = "matmul"      # "lax": XLA convolutions (same parameters and result)
 
     @property
     def latent_window(self) -> int:
@@ -138,7 +142,7 @@ class FourDMoT(nn.Module):
     def setup(self):
         common = dict(channels=tuple(self.channels), num_res_blocks=self.num_res_blocks,
                       num_groups=self.num_groups, joint_kernel=self.joint_kernel,
-                      dilation_reference=self.dilation_reference)
+                      dilation_reference=self.dilation_reference, conv_impl=self.conv_impl)
         self.encoder = Encoder(code_dim=self.code_dim, **common)
         self.decoder = Decoder(out_features=self.coord_dim, **common)
         self.codebook = vq.Codebook(self.codebook_size, self.code_dim)

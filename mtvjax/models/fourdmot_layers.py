@@ -2,7 +2,8 @@
 
 Frames play the role of image height and joints of image width; all convolutions zero-pad like
 the released PyTorch model. Temporal resampling keeps the first frame of odd-length windows
-apart, so a window of `1 + 4k` frames maps to `1 + k` latent frames and back.
+apart, so a window of `1 + 4k` frames maps to `1 + k` latent frames and back. Every convolution
+is a `WindowConv` (`nn.Conv`'s parameters and result; `conv_impl` picks how it is computed).
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+
+from mtvjax.models.window_conv import WindowConv
 
 
 def resblock_dilation(out_channels: int, reference_width: int = 512) -> int:
@@ -58,6 +61,7 @@ class ResBlock(nn.Module):
     features: int
     num_groups: int = 32
     dilation_reference: int = 512
+    conv_impl: str = "matmul"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -65,13 +69,13 @@ class ResBlock(nn.Module):
         d = resblock_dilation(self.features, self.dilation_reference)
         h = nn.GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         h = nn.silu(h)
-        h = nn.Conv(self.features, (3, 3), padding=((d, d), (d, d)), kernel_dilation=(d, d),
-                    dtype=self.dtype, name="conv1")(h)
+        h = WindowConv(self.features, (3, 3), d, self.conv_impl, self.dtype, name="conv1")(h)
         h = nn.GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name="norm2")(h)
         h = nn.silu(h)
-        h = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="conv2")(h)
+        h = WindowConv(self.features, (1, 1), 1, self.conv_impl, self.dtype, name="conv2")(h)
         if x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="conv_short")(x)
+            x = WindowConv(self.features, (1, 1), 1, self.conv_impl, self.dtype,
+                           name="conv_short")(x)
         return x + h
 
 
@@ -80,10 +84,10 @@ class JointConv(nn.Module):
 
     features: int
     kernel_size: int = 3
+    conv_impl: str = "matmul"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        pad = self.kernel_size // 2
-        return nn.Conv(self.features, (1, self.kernel_size), padding=((0, 0), (pad, pad)),
-                       dtype=self.dtype, name="conv")(x)
+        return WindowConv(self.features, (1, self.kernel_size), 1, self.conv_impl, self.dtype,
+                          name="conv")(x)

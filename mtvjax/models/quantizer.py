@@ -101,14 +101,12 @@ def initialize_from_batch(state: dict, z_flat: jnp.ndarray, rng: jax.Array,
 def ema_update(state: dict, z_flat: jnp.ndarray, indices: jnp.ndarray,
                settings: QuantizerSettings) -> dict:
     """One EMA step of per-code sums and counts; the codebook becomes sum / count."""
-    k = state["codebook"].shape[0]
     indices = indices.reshape(-1)
-    # Scatter-adds, not one-hot matmuls: O(N·D) work instead of O(N·K·D).
-    batch_sum = jax.ops.segment_sum(z_flat.astype(jnp.float32), indices, num_segments=k)
-    batch_count = jax.ops.segment_sum(jnp.ones_like(indices, jnp.float32), indices, num_segments=k)
+    # Scatter-adds into the decayed sums, not one-hot matmuls: O(N·D) work instead of O(N·K·D),
+    # and no [K, D] batch-sum buffer besides the state's own.
     decay = settings.decay
-    ema_sum = decay * state["ema_sum"] + (1.0 - decay) * batch_sum
-    ema_count = decay * state["ema_count"] + (1.0 - decay) * batch_count
+    ema_sum = (decay * state["ema_sum"]).at[indices].add((1.0 - decay) * z_flat.astype(jnp.float32))
+    ema_count = (decay * state["ema_count"]).at[indices].add(1.0 - decay)
     codebook = ema_sum / jnp.maximum(ema_count, 1e-12)[:, None]
     return {**state, "codebook": codebook, "ema_sum": ema_sum, "ema_count": ema_count,
             "step": state["step"] + 1}
