@@ -65,6 +65,11 @@ def test_whole_tokenizer_is_the_same_with_either_impl():
         z = model.apply(params, motion, method=FourDMoT.encode)
         return z, model.apply(params, z, method=FourDMoT.decode)
 
+    # Every convolution of the encoder follows the switch (its only products are convolutions).
+    encoders = [str(jax.make_jaxpr(lambda x: m.apply(params, x, method=FourDMoT.encode))(motion))
+                for m in (fast, reference)]
+    assert "conv_general_dilated" not in encoders[0] and "dot_general" in encoders[0]
+    assert "dot_general" not in encoders[1] and "conv_general_dilated" in encoders[1]
     chex.assert_trees_all_close(jax.jit(encode_decode, static_argnums=0)(fast),
                                 jax.jit(encode_decode, static_argnums=0)(reference),
                                 atol=1e-5, rtol=1e-5)

@@ -84,7 +84,7 @@ class Encoder(nn.Module):
         x = WindowConv(self.channels[0], (3, 3), impl=self.conv_impl, name="conv_in")(x)
         for s, width in enumerate(self.channels):
             if x.shape[-1] != width:
-                x = ResBlock(width, self.num_groups, self.dilation_reference,
+                x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
                              name=f"stage{s}_transition")(x)
             for i in range(self.num_res_blocks):
                 x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
@@ -111,7 +111,7 @@ class Decoder(nn.Module):
         x = WindowConv(widths[0], (3, 3), impl=self.conv_impl, name="conv_in")(x)
         for s, width in enumerate(widths):
             if x.shape[-1] != width:
-                x = ResBlock(width, self.num_groups, self.dilation_reference,
+                x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
                              name=f"stage{s}_transition")(x)
             for i in range(self.num_res_blocks):
                 x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
