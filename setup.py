@@ -34,7 +34,7 @@ setup(
         # TFDS builder (data_pipeline/tfds_builder.py); TensorFlow itself is not needed.
         # importlib_resources: imported by tensorflow-datasets but not declared by it on Python >= 3.9.
         "tfds": ["tensorflow-datasets>=4.9.9", "importlib_resources>=6"],
-        # umT5 tokenizer at run time (mtvjax.models.umt5.load_tokenizer, data_pipeline.text_cache).
+        # umT5 tokenizer at run time (mtvjax.models.encoders.umt5.load_tokenizer, data_pipeline.text_cache).
         "text": ["transformers>=4.46", "sentencepiece>=0.2", "tokenizers>=0.20"],
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "scipy>=1.11", "diffusers>=0.35",
                 "tensorflow-datasets>=4.9.9", "importlib_resources>=6",

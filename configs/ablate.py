@@ -1,7 +1,7 @@
-"""Ablation grids run by `python -m mtvjax.ablate`. Variants: `tokenizer`, `pe`, `isa`, `smoke`.
+"""Ablation grids run by `python -m mtvjax.tools.ablate`. Variants: `tokenizer`, `pe`, `isa`, `smoke`.
 
-  python -m mtvjax.ablate --config configs/ablate.py:tokenizer --workdir /tmp/abl_tok
-  python -m mtvjax.ablate --config configs/ablate.py:pe --config.steps=500 --config.only=pe_4d
+  python -m mtvjax.tools.ablate --config configs/ablate.py:tokenizer --workdir /tmp/abl_tok
+  python -m mtvjax.tools.ablate --config configs/ablate.py:pe --config.steps=500 --config.only=pe_4d
 
 Every row trains a base config (`bases`: the `tiny` 4DMoT or the `tiny` 7B MV-DiT) with, in this
 order, the family's CPU-sized `presets`, the harness's data and step settings, then the row's
@@ -17,7 +17,7 @@ grid). Data: procedural motion shards and synthetic MV-DiT latent shards built i
 * `pe`: the motion positional encodings of MV-DiT (`model.motion_pe`) and the query RoPE of the
   motion attention (`model.motion_query_rope`), on the tiny 7B.
 * `isa`: MV-DiT with interspatial attention (`model.conditioning="isa"`, `model.isa` from
-  `mtvjax.models.isa.isa_config`; `mtvjax/models/isa_conditioning.py`) against the baseline
+  `mtvjax.models.mvdit.isa.isa_config`; `mtvjax/models/mvdit/isa_conditioning.py`) against the baseline
   (motion attention on the records' stand-in tokens).
 * `smoke`: two tokenizer rows and two MV-DiT rows (baseline, ISA) for a few steps (the test's
   grid).

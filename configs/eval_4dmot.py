@@ -2,7 +2,7 @@
 
   mtvjax eval --config configs/eval_4dmot.py:sample --config.checkpoint=DIR
 
-Each dataset is a folder or file read by `data_pipeline.ingest` (NLF/MTVCrafter `.pkl`, BVH,
+Each dataset is a folder or file read by `data_pipeline.readers.ingest` (NLF/MTVCrafter `.pkl`, BVH,
 SMPL-parameter `.npz`, joint `.npy`/`.npz`) or the embedded procedural source. Clips are cut into
 consecutive segments of `frames` frames (the tail is covered by an end-aligned segment).
 """

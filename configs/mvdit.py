@@ -1,11 +1,11 @@
 """MV-DiT (motion video diffusion transformer). Variants: `tiny`, `7b`, `tiny17b`, `17b`.
 
   config = load_config("configs/mvdit.py:7b")
-  model = mtvjax.models.mvdit_cogvideox.from_config(config)
+  model = mtvjax.models.mvdit.cogvideox.model.from_config(config)
 
 `config.model.family` selects the implementation: "cogvideox" (MV-DiT-7B, CogVideoX-5B based,
-`mtvjax/models/mvdit_cogvideox.py`) or "wan" (MV-DiT-17B, Wan-2.1-I2V-14B based,
-`mtvjax/models/mvdit_wan.py`, whose `wan_presets()` hold the `17b`/`tiny17b` model fields:
+`mtvjax/models/mvdit/cogvideox/model.py`) or "wan" (MV-DiT-17B, Wan-2.1-I2V-14B based,
+`mtvjax/models/mvdit/wan/model.py`, whose `wan_presets()` hold the `17b`/`tiny17b` model fields:
 17,443,864,384 parameters of which 1,048,985,600 (the motion attention) train in the release).
 `mesh`, `sharding_rules`, `remat` and the dtypes are shared by all families.
 
@@ -24,7 +24,7 @@ or `model.joint_positions` (a converted checkpoint stores the values). `tiny` is
 tiny config (heads 2, head_dim 64 → D 128, 2 layers, E 64, text 32; 1,746,368 parameters),
 whose (312, 3072) unconditional token cannot be used at D = 128 (§1).
 
-Motion positional encoding (both families, `config.model`; `mtvjax/models/motion_pe.py`):
+Motion positional encoding (both families, `config.model`; `mtvjax/models/mvdit/motion_pe.py`):
 
   motion_pe          the motion KEYS' encoding, bands [t | x | y | z]:
     "4d"       released: t = latent frame, x/y/z = dataset-mean joints (mm, centred per axis).
@@ -43,7 +43,7 @@ Motion positional encoding (both families, `config.model`; `mtvjax/models/motion
                queries are not rotated in the motion attention.
   max_motion_frames  latent frames the "learnable" frame embedding covers (13 = 49 frames).
 
-Motion conditioning (both families, `config.model`; `mtvjax/models/isa_conditioning.py`):
+Motion conditioning (both families, `config.model`; `mtvjax/models/mvdit/isa_conditioning.py`):
 
   conditioning  "motion_attention" (released: 4DMoT tokens through the motion cross-attention) |
                 "isa": interspatial attention on the window's raw joints (the model call's
@@ -51,15 +51,15 @@ Motion conditioning (both families, `config.model`; `mtvjax/models/isa_condition
                 `motion`), ISA blocks in blocks 0, k, 2k, ... (k = isa.every) instead of the
                 motion attention; no 4DMoT tokens and no unconditional tokens (motion dropout and
                 motion CFG mask the example's points). The motion PE switches are then unused.
-  isa           `mtvjax.models.isa.isa_config()`: every, points_per_bone, frame_rule,
+  isa           `mtvjax.models.mvdit.isa.isa_config()`: every, points_per_bone, frame_rule,
                 fov_degrees (default camera over the latent H·8 × W·8 pixels), depth,
                 num_frequencies, mlp_hidden, pe_max_frequency, num_heads, mlp_ratio, qk_norm,
                 zero_init, plucker.
 """
 import ml_collections
 
-from mtvjax.models.isa import isa_config
-from mtvjax.models.mvdit_wan import wan_presets
+from mtvjax.models.mvdit.isa import isa_config
+from mtvjax.models.mvdit.wan.model import wan_presets
 
 FAMILIES = ("cogvideox", "wan")
 
@@ -116,7 +116,7 @@ def cogvideox_model(variant: str) -> ml_collections.ConfigDict:
         # Motion conditioning: "motion_attention" (released: 4DMoT tokens, attn0) | "isa"
         # (interspatial attention on the raw joints, `model.isa`; no tokens, no 4DMoT).
         conditioning="motion_attention",
-        isa=isa_config(),          # mtvjax.models.isa.isa_config (used when conditioning="isa")
+        isa=isa_config(),          # mtvjax.models.mvdit.isa.isa_config (used when conditioning="isa")
     ))
     if variant == "tiny":
         m.num_layers = 2

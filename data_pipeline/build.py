@@ -2,10 +2,10 @@
 
     python -m data_pipeline.build --config configs/data/NAME.py [--config.output=DIR ...]
 
-Reads every input with `data_pipeline.ingest` (bad files are reported in the manifest and
+Reads every input with `data_pipeline.readers.ingest` (bad files are reported in the manifest and
 skipped), optionally resamples to `target_fps`, drops clips shorter than `min_frames`, splits
 train/val by clip key, stores video frames when `video.store="pixels"`, writes the shards, then
-computes per-joint statistics over the train split. Output (see `mtvjax.data.shards`):
+computes per-joint statistics over the train split. Output (see `mtvjax.data.shard_source`):
 `manifest.json`, `mean.npy`, `std.npy`, `train/*.array_record`, `val/*.array_record` (clip
 records, and with stored pixels one record per video frame in `SPLIT-frames-*`).
 
@@ -29,15 +29,15 @@ import av
 import grain
 import numpy as np
 
-from mtvjax.data.record_format import decode_record, encode_record
-from mtvjax.data.shards import MANIFEST, MANIFEST_VERSION
+from mtvjax.data.motion_records import decode_record, encode_record
+from mtvjax.data.shard_source import MANIFEST, MANIFEST_VERSION
 from mtvjax.data.stats import compute_stats
 
-from .ingest import iter_input_files, load_motion_file
-from .records import MotionRecord, make_record
-from .resample import resample_linear, resample_times
-from .shards import SPLITS, SplitWriter, clip_split
-from .video import clip_frames, scale_buckets
+from data_pipeline.readers.ingest import iter_input_files, load_motion_file
+from data_pipeline.readers.record import MotionRecord, make_record
+from mtvjax.data.resample import resample_linear, resample_times
+from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split
+from data_pipeline.readers.video import clip_frames, scale_buckets
 
 VIDEO_STORES = ("reference", "pixels")
 
@@ -67,7 +67,7 @@ def conform_fps(record: MotionRecord, target_fps: float) -> MotionRecord:
 def video_payload(record: MotionRecord, key: str, video, seed: int) -> np.ndarray | None:
     """What the record stores of its video besides the reference: pixels, or nothing.
 
-    This is where VAE latents would go (see `data_pipeline.video`).
+    This is where VAE latents would go (see `data_pipeline.readers.video`).
     """
     if video.store == "reference" or record.video_path is None:
         return None

@@ -42,7 +42,7 @@ from mtvjax.data.latent_records import (KIND, MANIFEST, MANIFEST_VERSION, encode
                                         render_latents, window_start)
 from mtvjax.data.stats import compute_stats
 
-from .shards import SPLITS, SplitWriter, clip_split
+from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split
 
 RENDERERS = ("synthetic",)
 TOKEN_KINDS = ("projection", "tokenizer", "none")
@@ -101,7 +101,7 @@ def _write(config, tmp: Path) -> dict:
     source, errors = motion_source(config)
     tokenizer = None
     if config.tokens.kind == "tokenizer":
-        from mtvjax.tokenizer import Tokenizer
+        from mtvjax.models.fourdmot.tokenizer import Tokenizer
         tokenizer = Tokenizer(config.tokens.tokenizer_checkpoint)
     size, channels = tuple(config.latents.size), int(config.latents.channels)
     f = latent_frames_for(config.frames)

@@ -17,7 +17,7 @@ prompts, so the build encodes each **distinct** prompt once and records refer to
 * **Records** refer to their prompt through the manifest: the build step adds `text_key` to every
   `manifest["index"][split]` entry and a `manifest["text"]` section (encoder id, negative-prompt
   key, counts). The record bytes are unchanged (a `text_key` field in the record schema would
-  need a schema version bump of `mtvjax.data.record_format`).
+  need a schema version bump of `mtvjax.data.motion_records`).
 * **Reuse**: `previous=` (an earlier build's `text_cache/`) supplies entries it already holds, so
   a rebuild encodes only new prompts. The encoder is built lazily: a build whose prompts are all
   cached never loads it.
@@ -395,7 +395,7 @@ def resolve_prompts(entries: Iterable[Mapping], prompts: Mapping[str, str] | Non
 
 
 def _make_encoder(config):
-    from mtvjax.models.umt5 import TextEncoder
+    from mtvjax.models.encoders.umt5 import TextEncoder
     if not config.encoder or not config.tokenizer:
         raise ValueError("text.encoder (a convert_umt5 checkpoint) and text.tokenizer (the umT5 "
                          "tokenizer folder) are needed to encode prompts")
@@ -442,7 +442,7 @@ def keys_of(prompt: str, encoder_id: str) -> str | None:
 def add_text_cache(dataset, config, encoder=None) -> dict:
     """`text_step` on an already-built dataset folder: reuses its current cache, rewrites
     `manifest.json` (atomically, by rename). Returns the manifest's `text` section."""
-    from mtvjax.data.shards import MANIFEST
+    from mtvjax.data.shard_source import MANIFEST
     root = Path(dataset)
     manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     section = text_step(config, root, manifest, encoder)
@@ -457,7 +457,7 @@ class DatasetText:
     `batch(record_keys, text_len)`."""
 
     def __init__(self, dataset):
-        from mtvjax.data.shards import MANIFEST
+        from mtvjax.data.shard_source import MANIFEST
         root = Path(dataset)
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         if "text" not in manifest:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtvjax.data.shards import ShardClip
+from mtvjax.data.shard_source import ShardClip
 from mtvjax.data.skeleton import NUM_JOINTS
 
-from .build import Report, iter_clips
-from .shards import SPLITS
+from data_pipeline.build import Report, iter_clips
+from data_pipeline.shard_writer import SPLITS
 
 
 class SmplVideo(tfds.core.GeneratorBasedBuilder):

@@ -54,7 +54,7 @@ def animate_inputs(tmp_path_factory):
     """A reference image (90 × 70 px), a 60-frame procedural motion and a broken image file."""
     import numpy as np
     from PIL import Image
-    from mtvjax.data.synthetic import SyntheticMotionSource
+    from mtvjax.data.synthetic_motion import SyntheticMotionSource
     folder = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((90, 70, 3)) * 255).astype(np.uint8)).save(folder / "ref.png")

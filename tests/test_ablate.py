@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 from conftest import load_config
-from mtvjax import ablate
+from mtvjax.tools import ablate
 
 BAD_ROW = dict(name="bad_key", base="tokenizer", overrides={"model.no_such_switch": 1})
 

@@ -6,7 +6,7 @@ import pytest
 
 from animate_helpers import FAST, WINDOW, _cli, _config
 from conftest import REPO_ROOT
-from mtvjax.sample import random_checkpoints
+from mtvjax.tools import random_checkpoints
 from mtvjax.sample.animate import animate
 from mtvjax.viz.skeleton_video import read_video_frames
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtvjax.models import attention as A
-from mtvjax.models import rope as R
+from mtvjax.models.layers import attention as A
+from mtvjax.models.layers import rope as R
 
 
 def _naive_attention(q, k, v, mask=None, bias=None):

@@ -15,10 +15,10 @@ import torch
 from safetensors.numpy import save_file
 
 import torch_reference_4dmot as ref
-from mtvjax.checkpoint import convert_4dmot as conv
+from mtvjax.models.fourdmot import convert as conv
 from mtvjax.checkpoint.manager import Checkpointer, abstract_like, read_config
 from mtvjax.data.motion_files import load_clips
-from mtvjax.models.fourdmot import FourDMoT, latent_frames
+from mtvjax.models.fourdmot.model import FourDMoT, latent_frames
 from mtvjax.train import fourdmot_step as steps
 
 # Reduced width; dilation reference 128 gives dilation 3 at width 32 and 1 at 64, as in the release.

@@ -15,11 +15,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from data_pipeline import text_cache as TC  # noqa: E402
-from mtvjax.checkpoint import convert_encoders as E  # noqa: E402
-from mtvjax.checkpoint.tables import ConversionError  # noqa: E402
-from mtvjax.models import clip_vision as C  # noqa: E402
-from mtvjax.models import image_preprocess as P  # noqa: E402
-from mtvjax.models import umt5 as T  # noqa: E402
+from mtvjax.models.encoders import convert as E  # noqa: E402
+from mtvjax.checkpoint.conversion import ConversionError  # noqa: E402
+from mtvjax.models.encoders import clip_vision as C  # noqa: E402
+from mtvjax.models.encoders import image_preprocess as P  # noqa: E402
+from mtvjax.models.encoders import umt5 as T  # noqa: E402
 
 RTOL = 1e-5
 

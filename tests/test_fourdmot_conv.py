@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mtvjax.models.fourdmot import FourDMoT
-from mtvjax.models.window_conv import WindowConv
+from mtvjax.models.fourdmot.model import FourDMoT
+from mtvjax.models.fourdmot.window_conv import WindowConv
 
 
 def reference_conv(features, kernel_size, dilation):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from mtvjax.models.fourdmot import (FourDMoT, decoded_frames, latent_frames, merge_windows,
+from mtvjax.models.fourdmot.model import (FourDMoT, decoded_frames, latent_frames, merge_windows,
                                     split_windows)
-from mtvjax.models.fourdmot_layers import (resblock_dilation, temporal_avg_pool2,
+from mtvjax.models.fourdmot.layers import (resblock_dilation, temporal_avg_pool2,
                                            temporal_upsample2)
 from mtvjax.train.fourdmot_step import build_model
 

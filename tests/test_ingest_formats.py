@@ -7,12 +7,12 @@ import pickle
 import numpy as np
 import pytest
 
-from data_pipeline.arrays import load_joint_array
-from data_pipeline.ingest import IngestError, load_motion_file, scan_inputs
-from data_pipeline.nlf import load_nlf_pickle, video_fps
-from data_pipeline.records import MotionFormatError, MotionRecord, make_record
-from data_pipeline.resample import resample_linear
-from data_pipeline.smpl_params import load_smpl_params
+from data_pipeline.readers.arrays import load_joint_array
+from data_pipeline.readers.ingest import IngestError, load_motion_file, scan_inputs
+from data_pipeline.readers.nlf import load_nlf_pickle, video_fps
+from data_pipeline.readers.record import MotionFormatError, MotionRecord, make_record
+from mtvjax.data.resample import resample_linear
+from data_pipeline.readers.smpl_params import load_smpl_params
 from mtvjax.data.safe_pickle import UnsafePickleError
 from mtvjax.data.skeleton import JOINT_NAMES, NEUTRAL_REST_JOINTS, PARENTS, to_camera_mm
 

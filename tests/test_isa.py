@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mtvjax.data.skeleton import BONES
-from mtvjax.models import camera as C
-from mtvjax.models import isa as I
+from mtvjax.models.mvdit import camera as C
+from mtvjax.models.mvdit import isa as I
 
 WIDTH, HEADS = 24, 2
 GRID = (3, 2, 3)                     # latent frames, h, w

@@ -13,13 +13,13 @@ import pytest
 from flax import traverse_util
 
 from conftest import load_config
-from mtvjax.models import isa_conditioning as ISA
-from mtvjax.models import mvdit_cogvideox as mv
-from mtvjax.models import mvdit_wan as W
-from mtvjax.models.camera import Camera
-from mtvjax.models.isa import isa_config
+from mtvjax.models.mvdit import isa_conditioning as ISA
+from mtvjax.models.mvdit.cogvideox import model as mv
+from mtvjax.models.mvdit.wan import model as W
+from mtvjax.models.mvdit.camera import Camera
+from mtvjax.models.mvdit.isa import isa_config
 from mtvjax.sample import mvdit_generate as gen
-from mtvjax.sample.random_checkpoints import random_like
+from mtvjax.tools.random_checkpoints import random_like
 from mtvjax.train import mvdit_step as steps
 
 B, F, H, WD = 2, 2, 4, 4

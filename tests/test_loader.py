@@ -4,7 +4,7 @@ import numpy as np
 from mtvjax.data import skeleton
 from mtvjax.data.loader import ClipListSource, MotionBatchBuilder, make_batches, make_iterator
 from mtvjax.data.motion_files import MotionClip
-from mtvjax.data.synthetic import SyntheticMotionSource
+from mtvjax.data.synthetic_motion import SyntheticMotionSource
 
 SOURCE = SyntheticMotionSource(10, (140, 200), seed=1)
 

@@ -7,7 +7,7 @@ import pytest
 
 from mtvjax.sample import long_video as LV
 from mtvjax.sample import reference_image as RI
-from mtvjax.sample import samplers
+from mtvjax.diffusion import samplers
 from mtvjax.sample.loop import make_sample_fn
 
 

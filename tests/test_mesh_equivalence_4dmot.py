@@ -22,7 +22,7 @@ _SCRIPT = textwrap.dedent("""
     from mtvjax.config import load_config
     from mtvjax.data.loader import make_batches
     from mtvjax.data.stats import compute_stats
-    from mtvjax.data.synthetic import SyntheticMotionSource
+    from mtvjax.data.synthetic_motion import SyntheticMotionSource
     from mtvjax.train.fourdmot_trainer import FourDMoTTrainer
     assert jax.device_count() == 8
     config = load_config(sys.argv[1] + ":tiny")

@@ -7,7 +7,7 @@ import pytest
 from mtvjax.data import skeleton
 from mtvjax.data.motion_files import MotionFormatError, load_clips, read_clips, validate_motion
 from mtvjax.data.safe_pickle import UnsafePickleError, load_pickle, loads_pickle
-from mtvjax.data.synthetic import MOTION_KINDS, SyntheticMotionSource
+from mtvjax.data.synthetic_motion import MOTION_KINDS, SyntheticMotionSource
 
 
 class _Hostile:

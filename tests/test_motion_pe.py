@@ -24,10 +24,10 @@ import pytest
 from flax import traverse_util
 
 from conftest import load_config
-from mtvjax.models import motion_pe as PE
-from mtvjax.models import mvdit_cogvideox as mv
-from mtvjax.models import mvdit_wan as W
-from mtvjax.models import rope as R
+from mtvjax.models.mvdit import motion_pe as PE
+from mtvjax.models.mvdit.cogvideox import model as mv
+from mtvjax.models.mvdit.wan import model as W
+from mtvjax.models.layers import rope as R
 from mtvjax.train import mvdit_step as steps
 
 F, H, WD = 2, 4, 4                                  # 2 latent frames, 2×2 patch grid

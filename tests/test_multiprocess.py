@@ -15,7 +15,7 @@ import portpicker
 import pytest
 
 from conftest import REPO_ROOT
-from mtvjax.tokenizer import Tokenizer
+from mtvjax.models.fourdmot.tokenizer import Tokenizer
 from mtvjax.train.metric_writer import read_metrics
 
 pytestmark = pytest.mark.multiprocess

@@ -16,9 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
-from mtvjax.checkpoint import convert_mvdit17b as C  # noqa: E402
-from mtvjax.models import mvdit_wan as W  # noqa: E402
-from mtvjax.models import rope as R  # noqa: E402
+from mtvjax.models.mvdit.wan import convert as C  # noqa: E402
+from mtvjax.models.mvdit.wan import model as W  # noqa: E402
+from mtvjax.models.layers import rope as R  # noqa: E402
 import torch_reference_mvdit17b as T  # noqa: E402
 
 TINY = W.wan_config("tiny17b")

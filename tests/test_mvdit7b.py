@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 
 import torch_reference_mvdit7b as ref
 from conftest import load_config
-from mtvjax.checkpoint import convert_mvdit7b as conv
-from mtvjax.checkpoint.tables import ConversionError
-from mtvjax.models import mvdit_cogvideox as mv
+from mtvjax.models.mvdit.cogvideox import convert as conv
+from mtvjax.checkpoint.conversion import ConversionError
+from mtvjax.models.mvdit.cogvideox import model as mv
 
 # Test geometry: 2 latent frames of 4×6 (a 2×3 patch grid, non-square to catch h/w swaps).
 B, F, H, W = 2, 2, 4, 6

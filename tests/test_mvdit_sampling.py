@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from mtvjax.models import mvdit_cogvideox, mvdit_wan
+from mtvjax.models.mvdit.cogvideox import model as mvdit_cogvideox
+from mtvjax.models.mvdit.wan import model as mvdit_wan
 from mtvjax.sample.mvdit_generate import generate_17b, generate_7b
 
 B, F, H, W = 1, 2, 4, 4

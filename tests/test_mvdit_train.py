@@ -18,7 +18,7 @@ from data_pipeline import latents as latent_build
 from mtvjax.checkpoint.manager import Checkpointer, config_to_json, read_config
 from mtvjax.data.latent_records import (LatentShardSource, decode_latent_record,
                                         encode_latent_record, make_latent_batches)
-from mtvjax.models import mvdit_wan as W
+from mtvjax.models.mvdit.wan import model as W
 from mtvjax.train import mvdit_step as steps
 from mtvjax.train import mvdit_trainer as T
 from mtvjax.train.metric_writer import read_metrics

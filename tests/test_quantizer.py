@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtvjax.models import quantizer as vq
+from mtvjax.models.fourdmot import quantizer as vq
 
 SETTINGS = vq.QuantizerSettings(decay=0.9, dead_threshold=1.0, reset_every=2, init_noise=0.01)
 
@@ -101,7 +101,7 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     from mtvjax.config import load_config
     from mtvjax.train.fourdmot_trainer import FourDMoTTrainer
     from mtvjax.data.loader import make_batches
-    from mtvjax.data.synthetic import SyntheticMotionSource
+    from mtvjax.data.synthetic_motion import SyntheticMotionSource
     from mtvjax.data.stats import compute_stats
     assert jax.device_count() == 4, jax.devices()
     config = load_config(sys.argv[1] + ":tiny")

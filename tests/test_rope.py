@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtvjax.models import rope as R
+from mtvjax.models.layers import rope as R
 
 LAYOUTS = (R.INTERLEAVED, R.HALF_SPLIT)
 

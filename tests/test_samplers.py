@@ -18,8 +18,8 @@ import diffusers.schedulers.scheduling_dpm_cogvideox as dpm_module  # noqa: E402
 
 from mtvjax.sample import guidance as G  # noqa: E402
 from mtvjax.sample import loop as L  # noqa: E402
-from mtvjax.sample import samplers as SM  # noqa: E402
-from mtvjax.sample import schedules as S  # noqa: E402
+from mtvjax.diffusion import samplers as SM  # noqa: E402
+from mtvjax.diffusion import schedules as S  # noqa: E402
 
 SHAPE = (1, 3, 4, 6, 6)   # [B, F, C, H, W], tiny
 TOL = 1e-5

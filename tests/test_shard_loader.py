@@ -9,13 +9,13 @@ import pytest
 
 from conftest import REPO_ROOT, load_config
 from data_pipeline.build import build
-from data_pipeline.shards import clip_split
-from data_pipeline.synthetic import frame_red, write_inputs
+from data_pipeline.shard_writer import clip_split
+from data_pipeline.synthetic_inputs import frame_red, write_inputs
 from mtvjax.checkpoint.manager import Checkpointer, abstract_like
 from mtvjax.config import load_config as load_config_file
 from mtvjax.data.loader import make_batches, make_iterator, make_source
-from mtvjax.data.record_format import RecordSchemaError, decode_record, encode_record
-from mtvjax.data.shards import ShardSource
+from mtvjax.data.motion_records import RecordSchemaError, decode_record, encode_record
+from mtvjax.data.shard_source import ShardSource
 
 
 def data_config(inputs, output, **overrides):

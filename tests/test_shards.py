@@ -9,9 +9,9 @@ import pytest
 import data_pipeline.build as build_module
 from conftest import REPO_ROOT, load_config
 from data_pipeline.build import build
-from data_pipeline.ingest import scan_inputs
+from data_pipeline.readers.ingest import scan_inputs
 from mtvjax.config import load_config as load_config_file
-from mtvjax.data.shards import ShardSource
+from mtvjax.data.shard_source import ShardSource
 from mtvjax.data.stats import compute_stats
 from mtvjax.train.fourdmot_trainer import train
 from mtvjax.train.metric_writer import read_metrics

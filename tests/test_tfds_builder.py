@@ -11,11 +11,11 @@ tfds = pytest.importorskip(
 
 from conftest import REPO_ROOT  # noqa: E402
 from data_pipeline.build import build  # noqa: E402
-from data_pipeline.synthetic import write_inputs  # noqa: E402
+from data_pipeline.synthetic_inputs import write_inputs  # noqa: E402
 from data_pipeline.tfds_builder import SmplVideo, TfdsClipSource  # noqa: E402
 from mtvjax.config import load_config  # noqa: E402
 from mtvjax.data.loader import make_batches  # noqa: E402
-from mtvjax.data.shards import ShardSource  # noqa: E402
+from mtvjax.data.shard_source import ShardSource  # noqa: E402
 
 
 def test_tfds_round_trip_matches_the_shards(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from mtvjax.tokenizer import Tokenizer, segment_motion
+from mtvjax.models.fourdmot.tokenizer import Tokenizer, segment_motion
 
 
 def _mtvjax(*args, check=True):
@@ -31,7 +31,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def motion_file(tmp_path_factory):
-    from mtvjax.data.synthetic import SyntheticMotionSource
+    from mtvjax.data.synthetic_motion import SyntheticMotionSource
     path = tmp_path_factory.mktemp("motion") / "clip.npy"
     np.save(path, SyntheticMotionSource(1, (120, 120), seed=9)[0].motion)
     return path

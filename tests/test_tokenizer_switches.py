@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from mtvjax.data.synthetic import SyntheticMotionSource
+from mtvjax.data.synthetic_motion import SyntheticMotionSource
 from mtvjax.evaluate.tokenizer_eval import evaluate
 from mtvjax.train import fourdmot_step as steps
 from mtvjax.train.fourdmot_trainer import train

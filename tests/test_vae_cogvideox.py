@@ -17,10 +17,10 @@ import torch
 from flax import traverse_util
 from safetensors.torch import save_file
 
-from mtvjax.checkpoint import convert_vae_cogvideox as conv
-from mtvjax.checkpoint.tables import ConversionError, check_layout
-from mtvjax.models import vae_cogvideox as vc
-from mtvjax.models.vae_layers import frame_chunks
+from mtvjax.models.vae.cogvideox import convert as conv
+from mtvjax.checkpoint.conversion import ConversionError, check_layout
+from mtvjax.models.vae.cogvideox import model as vc
+from mtvjax.models.vae.cogvideox.layers import frame_chunks
 
 RTOL = 1e-4                         # max |ours − diffusers| / max |diffusers|
 FAST_COMPILE = {"xla_backend_optimization_level": 0}

@@ -13,9 +13,9 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 from safetensors.torch import save_file  # noqa: E402
 
-from mtvjax.checkpoint import convert_vae_wan as C  # noqa: E402
-from mtvjax.checkpoint.tables import ConversionError, check_layout  # noqa: E402
-from mtvjax.models import vae_wan as V  # noqa: E402
+from mtvjax.models.vae.wan import convert as C  # noqa: E402
+from mtvjax.checkpoint.conversion import ConversionError, check_layout  # noqa: E402
+from mtvjax.models.vae.wan import model as V  # noqa: E402
 
 TINY = V.wan_vae_config("tiny")
 TOL = 1e-4

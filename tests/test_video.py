@@ -6,11 +6,11 @@ import pytest
 
 from conftest import REPO_ROOT
 from data_pipeline.build import build
-from data_pipeline.video import (BUCKETS_512, clip_frames, cover_size, crop_offset, decode_frames,
+from data_pipeline.readers.video import (BUCKETS_512, clip_frames, cover_size, crop_offset, decode_frames,
                                  nearest_bucket, scale_buckets, video_info)
 from mtvjax.config import load_config
 from mtvjax.data.safe_pickle import load_pickle
-from mtvjax.data.shards import ShardSource
+from mtvjax.data.shard_source import ShardSource
 
 
 def test_sample_videos_decode_to_their_pose_frame_counts(mtvcrafter_sample):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, load_config
-from mtvjax.checkpoint.convert_feature_nets import convert_feature_net
+from mtvjax.evaluate.feature_nets.convert import convert_feature_net
 from mtvjax.evaluate import video_eval as ve
 from mtvjax.evaluate import video_metrics as vm
 from test_video_metrics import TorchFIDInception, TorchI3D, lpips_files, randomize

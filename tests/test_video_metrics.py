@@ -1,6 +1,6 @@
 """Video metrics: PSNR/SSIM on hand-computed cases, the Fréchet distance against scipy, and the
 Flax feature nets (LPIPS, FID InceptionV3, I3D) against independent PyTorch models written here
-in the public module layouts, converted by `mtvjax.checkpoint.convert_feature_nets`.
+in the public module layouts, converted by `mtvjax.evaluate.feature_nets.convert`.
 
 The torch models below follow the public code (torchvision AlexNet/VGG16 `features` + the lpips
 package's heads; pytorch-fid's FIDInceptionA/C/E; piergiaj/pytorch-i3d's InceptionI3d) with a
@@ -20,9 +20,9 @@ import torch.nn as tnn
 import torch.nn.functional as F
 from flax import traverse_util
 
-from mtvjax.checkpoint import convert_feature_nets as cfn
-from mtvjax.checkpoint.tables import ConversionError
-from mtvjax.evaluate import feature_nets as fn
+from mtvjax.evaluate.feature_nets import convert as cfn
+from mtvjax.checkpoint.conversion import ConversionError
+from mtvjax.evaluate.feature_nets import nets as fn
 from mtvjax.evaluate import video_metrics as vm
 
 torch.set_num_threads(2)

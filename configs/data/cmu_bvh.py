@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.name = "cmu_bvh"
     c.inputs = (os.path.join(SHARED, "cmu_bvh"),)
     c.output = os.path.join(REPO, "datasets", c.name)
-    # Options of data_pipeline.ingest's BVH reader: resampled from 60 fps, placed 3 m in front
+    # Options of data_pipeline.readers.ingest's BVH reader: resampled from 60 fps, placed 3 m in front
     # of the camera, facing it, up axis detected per clip.
     c.ingest = ml_collections.ConfigDict(dict(target_fps=30.0, camera_distance_m=3.0,
                                               up_axis="auto", units="cm"))

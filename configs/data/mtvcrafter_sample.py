@@ -20,7 +20,7 @@ def get_config(variant: str = "reference") -> ml_collections.ConfigDict:
     c.name = "mtvcrafter_sample"
     c.inputs = (os.path.join(SHARED, "mtvcrafter_sample", "sampled_data.pkl"),)
     c.output = os.path.join(REPO, "datasets", c.name if variant == "reference" else f"{c.name}_{variant}")
-    c.ingest = ml_collections.ConfigDict(dict(missing="error"))  # options of data_pipeline.ingest
+    c.ingest = ml_collections.ConfigDict(dict(missing="error"))  # options of data_pipeline.readers.ingest
     c.target_fps = 0.0          # resample every clip to this rate; 0 keeps each clip's own
     c.min_frames = 33           # shorter clips are skipped (33 = the shortest 4DMoT window)
     c.val_fraction = 0.1        # share of clips (by a seeded hash of their key) in `val`

@@ -23,7 +23,7 @@ import numpy as np
 from mtvjax.bench.tokenizer import jax_figures
 from mtvjax.config import load_config
 from mtvjax.data.loader import make_batches, make_iterator
-from mtvjax.data.shards import ShardSource
+from mtvjax.data.shard_source import ShardSource
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 def build_dataset(folder: Path, clips: int, frames: tuple[int, int], video_size=None) -> Path:
     """Synthetic inputs under `folder`, built into `folder/ds`; returns the dataset folder."""
     from data_pipeline.build import build
-    from data_pipeline.synthetic import write_inputs
+    from data_pipeline.synthetic_inputs import write_inputs
 
     write_inputs(folder / "clips", clips, frames, video_size=video_size)
     config = load_config(f"{REPO / 'configs' / 'data' / 'mtvcrafter_sample.py'}:pixels")

@@ -54,7 +54,7 @@ def register_chunked_attention(chunk: int, batch_sharding=None):
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from mtvjax.models.attention import register_attention_implementation
+    from mtvjax.models.layers.attention import register_attention_implementation
 
     def pin(x, lead: int):
         if batch_sharding is None:

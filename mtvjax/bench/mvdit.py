@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from mtvjax.config import load_config
-from mtvjax.models import mvdit_cogvideox as mv
+from mtvjax.models.mvdit.cogvideox import model as mv
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMES, HEIGHT, WIDTH, BATCH = 3, 16, 16, 1

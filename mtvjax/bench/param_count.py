@@ -16,8 +16,8 @@ import numpy as np
 from flax import traverse_util
 
 from mtvjax.config import load_config
-from mtvjax.models import mvdit_cogvideox as mv
-from mtvjax.models import mvdit_wan
+from mtvjax.models.mvdit.cogvideox import model as mv
+from mtvjax.models.mvdit.wan import model as mvdit_wan
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "mvdit.py"
 

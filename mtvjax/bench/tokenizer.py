@@ -27,7 +27,7 @@ import numpy as np
 from mtvjax.config import load_config
 from mtvjax.data.loader import make_batches
 from mtvjax.data.stats import compute_stats
-from mtvjax.data.synthetic import SyntheticMotionSource
+from mtvjax.data.synthetic_motion import SyntheticMotionSource
 from mtvjax.train.fourdmot_trainer import FourDMoTTrainer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -48,7 +48,7 @@ def _variant(model: str):
 
 
 def convert_4dmot():
-    from mtvjax.checkpoint.convert_4dmot import convert_4dmot as convert
+    from mtvjax.models.fourdmot.convert import convert_4dmot as convert
     if not (FLAGS.mean and FLAGS.std):
         raise ValueError("4dmot needs --mean and --std (the released normalisation statistics)")
     s = convert(FLAGS.src, FLAGS.dst, FLAGS.mean, FLAGS.std, _variant("4dmot"))
@@ -57,7 +57,7 @@ def convert_4dmot():
 
 
 def convert_mvdit7b():
-    from mtvjax.checkpoint.convert_mvdit7b import convert_mvdit7b as convert
+    from mtvjax.models.mvdit.cogvideox.convert import convert_mvdit7b as convert
     source_format = {"mvdit": "mvdit7b"}.get(FLAGS.source_format, FLAGS.source_format)
     if source_format == "wan":
         raise ValueError("mvdit7b converts released MV-DiT-7B or CogVideoX weights, not Wan")
@@ -66,7 +66,7 @@ def convert_mvdit7b():
 
 
 def convert_mvdit17b():
-    from mtvjax.checkpoint import convert_mvdit17b as module
+    from mtvjax.models.mvdit.wan import convert as module
     if FLAGS.source_format == "cogvideox":
         raise ValueError("mvdit17b converts released MV-DiT-17B or Wan weights, not CogVideoX")
     convert = module.convert_wan_base if FLAGS.source_format == "wan" else module.convert_mvdit17b
@@ -75,7 +75,7 @@ def convert_mvdit17b():
 
 def _feature_net(kind: str):
     def convert():
-        from mtvjax.checkpoint.convert_feature_nets import convert_feature_net
+        from mtvjax.evaluate.feature_nets.convert import convert_feature_net
         s = convert_feature_net(kind, FLAGS.src, FLAGS.dst, lin=FLAGS.lin)
         details = ", ".join(f"{k} {s[k]}" for k in ("net", "width_divisor", "num_classes")
                             if k in s)
@@ -86,7 +86,7 @@ def _feature_net(kind: str):
 
 def _encoder(name: str, default_variant: str):
     def convert():
-        from mtvjax.checkpoint import convert_encoders
+        from mtvjax.models.encoders import convert as convert_encoders
         fn = getattr(convert_encoders, f"convert_{name}")
         variant = default_variant if FLAGS.variant is None else (FLAGS.variant or None)
         return str(fn(FLAGS.src, FLAGS.dst, variant))
@@ -96,7 +96,7 @@ def _encoder(name: str, default_variant: str):
 def _vae(name: str, default_variant: str):
     def convert():
         import importlib
-        module = importlib.import_module(f"mtvjax.checkpoint.convert_{name}")
+        module = importlib.import_module(f"mtvjax.models.vae.{name.removeprefix('vae_')}.convert")
         variant = default_variant if FLAGS.variant is None else (FLAGS.variant or None)
         summary = getattr(module, f"convert_{name}")(FLAGS.src, FLAGS.dst, variant)
         return f"{name}: {summary.get('tensors', '?')} tensors, variant {summary.get('variant')}"

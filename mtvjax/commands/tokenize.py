@@ -29,7 +29,7 @@ def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     from mtvjax.data.motion_files import load_clips
-    from mtvjax.tokenizer import Tokenizer, segment_motion
+    from mtvjax.models.fourdmot.tokenizer import Tokenizer, segment_motion
 
     try:
         clips, _ = load_clips(FLAGS.motion)

@@ -72,7 +72,7 @@ def viz_motion():
 def viz_codebook():
     from mtvjax.data.motion_files import load_clips
     from mtvjax.evaluate.metrics import code_histogram
-    from mtvjax.tokenizer import Tokenizer, segment_motion
+    from mtvjax.models.fourdmot.tokenizer import Tokenizer, segment_motion
     from mtvjax.viz.codebook_plot import plot_code_usage
     if not (FLAGS.checkpoint and FLAGS.data):
         raise ValueError("viz codebook needs --checkpoint and --data")

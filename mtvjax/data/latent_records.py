@@ -1,7 +1,7 @@
 """MV-DiT training samples: latent records, their shards, the synthetic latent source, batching.
 
 A latent record is one training window: versioned msgpack (no pickle), its own schema beside the
-motion records of `mtvjax.data.record_format` (whose records stay readable unchanged). Keys, in
+motion records of `mtvjax.data.motion_records` (whose records stay readable unchanged). Keys, in
 a fixed order: `schema` ("mvdit_latents/1"), `key`, `source_id`, `fps`, and the arrays
 
 * `latents`        `[F, H, W, C]` video latents (channels last), float32 or float16;
@@ -278,7 +278,7 @@ class SyntheticLatentSource:
 
     def __init__(self, num_windows: int, frames: int, size: tuple[int, int], channels: int = 16,
                  text_rows: int = 0, text_dim: int = 0, seed: int = 0, token_width: int = 0):
-        from mtvjax.data.synthetic import SyntheticMotionSource
+        from mtvjax.data.synthetic_motion import SyntheticMotionSource
         latent_frames_for(frames)
         self.motion = SyntheticMotionSource(num_windows, (frames, frames + 30), seed)
         self.frames, self.size, self.channels = frames, tuple(size), channels

@@ -8,7 +8,7 @@ yields exactly the batches an uninterrupted one would.
 
 A source is anything with `__len__` and `__getitem__(i) -> MotionClip`: synthetic motion, clips
 read from files, or the ArrayRecord shards `python -m data_pipeline.build` writes
-(`mtvjax.data.shards.ShardSource`, `data.source="shards"`).
+(`mtvjax.data.shard_source.ShardSource`, `data.source="shards"`).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import numpy as np
 from absl import flags
 
 from mtvjax.data.motion_files import MotionClip, load_clips
-from mtvjax.data.shards import ShardSource
-from mtvjax.data.synthetic import SyntheticMotionSource
+from mtvjax.data.shard_source import ShardSource
+from mtvjax.data.synthetic_motion import SyntheticMotionSource
 
 
 class ClipListSource:

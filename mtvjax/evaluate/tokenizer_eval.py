@@ -12,9 +12,9 @@ import os
 import numpy as np
 
 from mtvjax.data.skeleton import JOINT_NAMES
-from mtvjax.data.synthetic import SyntheticMotionSource
+from mtvjax.data.synthetic_motion import SyntheticMotionSource
 from mtvjax.evaluate import metrics as M
-from mtvjax.tokenizer import Tokenizer, segment_motion
+from mtvjax.models.fourdmot.tokenizer import Tokenizer, segment_motion
 
 # Metrics of reconstructed vs input motion, each a pure function of ([N, T, 24, 3] x2).
 MOTION_METRICS = {
@@ -31,7 +31,7 @@ def read_dataset(spec) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
         source = SyntheticMotionSource(spec.get("sequences", 32))
         return [(source[i].name, source[i].motion) for i in range(len(source))], []
     if spec["source"] == "files":
-        from data_pipeline.ingest import scan_inputs
+        from data_pipeline.readers.ingest import scan_inputs
         records, errors = scan_inputs(spec["path"])
         return [(r.source_id, r.motion) for r in records], [f"{e.path}: {e.message}" for e in errors]
     raise ValueError(f"dataset {spec['name']}: unknown source {spec['source']!r} (files, synthetic)")

@@ -143,7 +143,7 @@ def _driving_frames(drive: DrivingMotion, frames: int):
 def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> dict:
     """Writes `out_path` (.mp4) and, with `config.panel.enabled`, `OUT_panel.mp4`; returns a
     report (also written as `OUT.json`)."""
-    from mtvjax.tokenizer import Tokenizer
+    from mtvjax.models.fourdmot.tokenizer import Tokenizer
     started = time.perf_counter()
     v, lg = config.video, config.long
     if Path(out_path).suffix.lower() not in (".mp4", ".gif"):

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtvjax.checkpoint.convert_mvdit7b import restore_mvdit7b
-from mtvjax.checkpoint.convert_vae_cogvideox import restore_vae_cogvideox
+from mtvjax.models.mvdit.cogvideox.convert import restore_mvdit7b
+from mtvjax.models.vae.cogvideox.convert import restore_vae_cogvideox
 from mtvjax.sample import guidance as G
-from mtvjax.sample import samplers
+from mtvjax.diffusion import samplers
 from mtvjax.sample.animator_common import SamplingRuns, cast_floats, compute_dtype
 from mtvjax.sample.mvdit_generate import denoise_7b
 

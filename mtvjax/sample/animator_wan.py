@@ -20,12 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtvjax.checkpoint import convert_mvdit17b, convert_vae_wan
-from mtvjax.checkpoint.convert_encoders import load_clip_vision
-from mtvjax.models import clip_vision, mvdit_wan, vae_wan
-from mtvjax.models.image_preprocess import clip_preprocess
+from mtvjax.models.mvdit.wan import convert as convert_mvdit17b
+from mtvjax.models.vae.wan import convert as convert_vae_wan
+from mtvjax.models.encoders.convert import load_clip_vision
+from mtvjax.models.encoders import clip_vision
+from mtvjax.models.mvdit.wan import model as mvdit_wan
+from mtvjax.models.vae.wan import model as vae_wan
+from mtvjax.models.encoders.image_preprocess import clip_preprocess
 from mtvjax.sample import guidance as G
-from mtvjax.sample import samplers
+from mtvjax.diffusion import samplers
 from mtvjax.sample.animator_common import SamplingRuns, cast_floats, compute_dtype
 from mtvjax.sample.mvdit_generate import denoise_17b
 
@@ -50,7 +53,7 @@ def text_embeddings(config) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError("the 17B needs checkpoints.text_encoder (mtvjax convert umt5) and "
                              "checkpoints.text_tokenizer (the umT5 tokenizer folder), or "
                              "prompt_embeddings (.npz)")
-        from mtvjax.models.umt5 import TextEncoder
+        from mtvjax.models.encoders.umt5 import TextEncoder
         encoder = TextEncoder.from_checkpoint(c.text_encoder, c.text_tokenizer,
                                               dtype=config.text_dtype, batch_size=2)
         pos, neg = encoder([config.prompt, config.negative_prompt])

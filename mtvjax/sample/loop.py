@@ -71,7 +71,7 @@ def make_sample_fn(denoise_fn: Callable, sampler, shape: Sequence[int], dtype=jn
                    jit: bool = True) -> Callable:
     """Build ``run(key, *model_args, latents=None, post_args=())`` → final latents (``dtype``).
 
-    * ``sampler``: from `mtvjax.sample.samplers` (cogvideox_dpm / cogvideox_ddim / flow_euler /
+    * ``sampler``: from `mtvjax.diffusion.samplers` (cogvideox_dpm / cogvideox_ddim / flow_euler /
       flow_unipc).
     * ``shape``/``dtype``: latent shape and dtype. The initial latents are N(0, 1)·init_noise_sigma
       drawn in float32 and cast to ``dtype``, unless ``latents=`` is given. After every step the

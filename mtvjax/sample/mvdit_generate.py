@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mtvjax.sample import guidance as G
-from mtvjax.sample import samplers
+from mtvjax.diffusion import samplers
 from mtvjax.sample.loop import make_sample_fn
 
 

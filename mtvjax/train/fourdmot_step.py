@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from mtvjax.evaluate.metrics import code_histogram, mpjpe, perplexity
-from mtvjax.models import quantizer as vq
-from mtvjax.models.fourdmot import FourDMoT
-from mtvjax.models.normalization import denormalize, normalize
+from mtvjax.models.fourdmot import quantizer as vq
+from mtvjax.models.fourdmot.model import FourDMoT
+from mtvjax.models.fourdmot.normalization import denormalize, normalize
 
 
 class TrainState(flax.struct.PyTreeNode):

@@ -47,10 +47,10 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from mtvjax.models import isa_conditioning as ISA
-from mtvjax.models import mvdit_cogvideox as mv
-from mtvjax.models import mvdit_wan as W
-from mtvjax.sample import schedules as S
+from mtvjax.models.mvdit import isa_conditioning as ISA
+from mtvjax.models.mvdit.cogvideox import model as mv
+from mtvjax.models.mvdit.wan import model as W
+from mtvjax.diffusion import schedules as S
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 FAMILIES = ("cogvideox", "wan")
@@ -267,7 +267,7 @@ def make_schedule(config) -> Schedule:
 
 
 class FrozenTokenizer:
-    """A restored 4DMoT (`mtvjax.tokenizer.Tokenizer`) whose state travels in the step's
+    """A restored 4DMoT (`mtvjax.models.fourdmot.tokenizer.Tokenizer`) whose state travels in the step's
     `frozen` argument; tokens are the tokenizer's own `quantized` output (what the data
     pipeline stores with `tokens.kind="tokenizer"`), flattened frame-major, without gradient."""
 
@@ -282,7 +282,7 @@ class FrozenTokenizer:
 def restore_tokenizer(checkpoint: str, step: int | None = None):
     """(FrozenTokenizer, frozen state, code width, 4DMoT config) of a 4DMoT checkpoint folder;
     the frozen state is the 4DMoT train state without its optimiser state."""
-    from mtvjax.tokenizer import Tokenizer
+    from mtvjax.models.fourdmot.tokenizer import Tokenizer
     tok = Tokenizer(checkpoint, step=None if step is None or step < 0 else step)
     frozen = tok.state.replace(opt_state=None)
     return FrozenTokenizer(tok), frozen, int(tok.config.model.code_dim), tok.config

@@ -1,0 +1,124 @@
+"""Video frames of motion-video records: decode, resize and crop to MV-DiT's resolution buckets.
+
+Buckets are the (height, width) sizes MV-DiT trains and samples at: the 512-class table of 40
+sizes from 256 x 1024 to 1024 x 256, all multiples of 32, each under its rounded h/w ratio. A
+clip goes to the bucket whose ratio is nearest the video's; every frame is resized (bilinear,
+FFmpeg's swscale through PyAV) to the smallest size that covers the bucket, then cropped to it at
+one offset per clip drawn from a generator seeded by the build seed and the clip's key, so a
+rebuild gives the same pixels. `scale_buckets` shrinks the table for small tests or a low-res
+stage (the base must be a multiple of 16).
+
+VAE latents: DiT training should read latents, not decode pixels. The video VAEs exist
+(`mtvjax.models.vae.cogvideox.model`, `vae_wan`), but encoding these clips into latent records is not
+wired yet, so builds store pixels (`video.store="pixels"`) or only the video reference and frame
+indices (`"reference"`). The hook is `data_pipeline.build.video_payload`: it would encode the
+`[frames, H, W, 3]` pixels returned by `clip_frames` and store them with a new `frames_kind` of
+the record schema (`mtvjax.data.motion_records.FRAMES_KINDS`); until then `store="latents"` is
+refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import av
+import numpy as np
+
+from mtvjax.sample.reference_image import BUCKETS_512  # the 17B pipeline's bucket table
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    height: int
+    width: int
+    fps: float
+
+
+def scale_buckets(base: int, buckets=BUCKETS_512) -> tuple:
+    """The bucket table for a `base` x `base` class instead of 512 x 512 (same ratios)."""
+    if base <= 0 or base % 16:
+        raise ValueError(f"bucket base resolution must be a positive multiple of 16, got {base}")
+    return tuple((ratio, h * base // 512, w * base // 512) for ratio, h, w in buckets)
+
+
+def nearest_bucket(height: int, width: int, buckets=BUCKETS_512) -> tuple[int, int]:
+    """(height, width) of the bucket whose ratio is nearest `height / width` (first on ties)."""
+    ratio = height / width
+    _, h, w = min(buckets, key=lambda b: abs(b[0] - ratio))
+    return h, w
+
+
+def cover_size(height: int, width: int, bucket: tuple[int, int]) -> tuple[int, int]:
+    """The smallest (height, width) of the video's aspect that covers `bucket` on both axes."""
+    scale = max(bucket[0] / height, bucket[1] / width)
+    return max(bucket[0], round(height * scale)), max(bucket[1], round(width * scale))
+
+
+def crop_offset(size: tuple[int, int], bucket: tuple[int, int], seed: int, key: str) -> tuple[int, int]:
+    """A (top, left) crop of `bucket` from `size`, drawn from (`seed`, `key`)."""
+    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+    rng = np.random.default_rng([seed, digest])
+    return (int(rng.integers(0, size[0] - bucket[0] + 1)),
+            int(rng.integers(0, size[1] - bucket[1] + 1)))
+
+
+def video_info(path: str) -> VideoInfo:
+    """Frame count (by decoding), size and average rate of a video's first video stream."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        frames = sum(1 for _ in container.decode(stream))
+        return VideoInfo(frames, stream.codec_context.height, stream.codec_context.width,
+                         float(rate) if rate else 0.0)
+
+
+def decode_frames(path: str, indices, size: tuple[int, int] | None = None,
+                  crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """uint8 `[len(indices), H, W, 3]` RGB frames at the given decode-order indices.
+
+    Args:
+      size: (height, width) to resize each frame to first; None keeps the video's size.
+      crop: (top, left, height, width) to cut from the (resized) frame; None keeps all of it.
+    Raises:
+      ValueError: an index past the end of the video (the message names the video).
+    """
+    indices = np.asarray(indices, np.int64)
+    wanted = set(indices.tolist())
+    if indices.size and indices.min() < 0:
+        raise ValueError(f"{path}: negative frame index {int(indices.min())}")
+    last = int(indices.max()) if indices.size else -1
+    found, decoded = {}, 0
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if i > last:
+                break
+            decoded = i + 1
+            if i not in wanted:
+                continue
+            kwargs = {} if size is None else {"height": size[0], "width": size[1],
+                                              "interpolation": "BILINEAR"}
+            image = frame.to_ndarray(format="rgb24", **kwargs)
+            if crop is not None:
+                top, left, h, w = crop
+                image = image[top:top + h, left:left + w]
+            found[i] = image
+    if len(found) < len(wanted):
+        raise ValueError(f"{path}: frame {last} requested, the video has {decoded} frames")
+    if not indices.size:
+        raise ValueError(f"{path}: no frame indices given")
+    return np.stack([found[i] for i in indices.tolist()])
+
+
+def clip_frames(path: str, indices, buckets, seed: int, key: str) -> np.ndarray:
+    """The frames of one clip in its nearest bucket: resized to cover it, then cropped to it."""
+    with av.open(path) as container:
+        ctx = container.streams.video[0].codec_context
+        height, width = ctx.height, ctx.width
+    bucket = nearest_bucket(height, width, buckets)
+    size = cover_size(height, width, bucket)
+    top, left = crop_offset(size, bucket, seed, key)
+    return decode_frames(path, indices, size, (top, left) + bucket)
