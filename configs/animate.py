@@ -8,7 +8,7 @@
 (vae_cogvideox / vae_wan) and, for the 17B, `clip`, `text_encoder` (umt5) with the umT5
 `text_tokenizer` folder, or precomputed `prompt_embeddings` (.npz with `prompt`, `negative`).
 
-Defaults are the released inference settings (reference_mvdit7b.md §6, reference_mvdit17b.md
+Defaults are the released inference settings (docs/reference/mvdit7b.md §6, docs/reference/mvdit17b.md
 §6): 7B — 512×512, 49 frames, DPM-Solver++ 50 steps, motion CFG 3.0, bf16, seed 6666; 17B —
 the 512-class bucket of the image (resolution (0, 0)), 49 frames, Euler 50 steps (the no-LoRA
 run), text CFG 6.0, no motion CFG (the release has no unconditional motion tokens), seed 42.

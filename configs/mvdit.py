@@ -18,7 +18,7 @@ flow matching for wan), `optim` and `train`. `train.dtype` is the compute dtype 
 the inference dtype.
 
 `7b` is the released MV-DiT-7B: 42 layers, 48 heads × 64 = 3072, E 512, text 4096 (the
-CogVideoX-5B base config, reference_mvdit7b.md §1), 7,157,411,904 parameters (1,529 tensors).
+CogVideoX-5B base config, docs/reference/mvdit7b.md §1), 7,157,411,904 parameters (1,529 tensors).
 Its motion RoPE needs the dataset-mean joints (`data/mean.npy`): set `model.joint_positions_path`
 or `model.joint_positions` (a converted checkpoint stores the values). `tiny` is the reference's
 tiny config (heads 2, head_dim 64 → D 128, 2 layers, E 64, text 32; 1,746,368 parameters),
@@ -58,7 +58,7 @@ Motion conditioning (both families, `config.model`; `mtvjax/models/mvdit/isa_con
 """
 import ml_collections
 
-from mtvjax.models.mvdit.isa import isa_config
+from mtvjax.models.mvdit.cogvideox.config import cogvideox_presets
 from mtvjax.models.mvdit.wan.model import wan_presets
 
 FAMILIES = ("cogvideox", "wan")
@@ -84,48 +84,12 @@ SHARDING_RULES = (
 
 
 def cogvideox_model(variant: str) -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict(dict(
-        family="cogvideox",
-        num_layers=42,
-        num_heads=48,
-        head_dim=64,               # D = num_heads * head_dim = 3072 = 4DMoT code width
-        in_channels=32,            # 16 noisy + 16 reference-image latent channels
-        out_channels=16,
-        patch_size=2,
-        time_embed_dim=512,
-        text_embed_dim=4096,       # sizes the unused `text_proj` only (0: omit it)
-        flip_sin_to_cos=True,
-        freq_shift=0,
-        norm_eps=1e-5,
-        qk_norm_eps=1e-6,
-        modulation_chunks=6,       # released: 6·D rows, chunks 3-5 dead (CogVideoX text stream)
-        uncond_motion_shape=(312, 3072),   # released: fixed, 13 latent frames x 24 joints
-        num_joints=24,
-        joint_positions=(),        # [24, 3] mean joints in mm; () -> joint_positions_path
-        joint_positions_path="",   # data/mean.npy of the release; "" and () -> zeros
-        rope_theta=10000.0,
-        # Paper variants (defaults: released behaviour).
-        motion_every=1,            # motion cross-attention in blocks 0, k, 2k, ...; 0: none
-        motion_v_norm=False,       # per-head LayerNorm on the motion values
-        motion_query_rope="vision",  # "vision" | "4d": queries at (t, h, w, z=0), motion bands
-        motion_pe="4d",            # 4d | dynamic | learnable | time | xy | xyz | none (docstring)
-        max_motion_frames=13,      # latent frames of the "learnable" motion PE
-        motion_out_zero_init=True,  # fresh attn0.to_out = 0 (init and base-model conversion)
-        precision="default",       # matmul precision: default | high | highest
-        attention_implementation="auto",
-        # Motion conditioning: "motion_attention" (released: 4DMoT tokens, attn0) | "isa"
-        # (interspatial attention on the raw joints, `model.isa`; no tokens, no 4DMoT).
-        conditioning="motion_attention",
-        isa=isa_config(),          # mtvjax.models.mvdit.isa.isa_config (used when conditioning="isa")
-    ))
-    if variant == "tiny":
-        m.num_layers = 2
-        m.num_heads = 2
-        m.time_embed_dim = 64
-        m.text_embed_dim = 32
-    elif variant != "7b":
+    """`config.model` of a 7B-family variant: the fields of
+    `mtvjax.models.mvdit.cogvideox.config.CogVideoXDiTConfig` (documented there)."""
+    presets = cogvideox_presets()
+    if variant not in presets:
         raise ValueError(f"unknown cogvideox variant {variant!r}")
-    return m
+    return ml_collections.ConfigDict(presets[variant])
 
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
@@ -163,7 +127,7 @@ def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
         prefetch=4,
         shuffle_seed=0,
         text_rows=0,               # pad text embeddings to this many rows (0: longest in batch)
-        # synthetic source: procedural motion rendered to latents (mtvjax.data.latent_records)
+        # synthetic source: procedural motion rendered to latents (mtvjax.data.synthetic_latents)
         synthetic_windows=512,
         synthetic_frames=49,       # pixel frames per window (8k + 1); latent frames 1 + (n-1)/4
         synthetic_latent_size=(64, 64),

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -29,15 +28,16 @@ import av
 import grain
 import numpy as np
 
+from mtvjax.data.buckets import scale_buckets
 from mtvjax.data.motion_records import decode_record, encode_record
-from mtvjax.data.shard_source import MANIFEST, MANIFEST_VERSION
+from mtvjax.data.resample import resample_linear, resample_times
+from mtvjax.data.shard_source import MANIFEST_VERSION
 from mtvjax.data.stats import compute_stats
 
 from data_pipeline.readers.ingest import iter_input_files, load_motion_file
-from data_pipeline.readers.record import MotionRecord, make_record
-from mtvjax.data.resample import resample_linear, resample_times
-from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split
-from data_pipeline.readers.video import clip_frames, scale_buckets
+from data_pipeline.readers.ingested_record import MotionRecord, make_record
+from data_pipeline.readers.video import clip_frames
+from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split, write_dataset
 
 VIDEO_STORES = ("reference", "pixels")
 
@@ -222,35 +222,16 @@ def _statistics(tmp: Path, manifest: dict) -> dict:
             "std_path": "std.npy", "rope_mean_joints": stats["mean"].tolist()}
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Puts the finished `tmp` at `out`, replacing a previous build (never another folder)."""
-    if out.exists():
-        if not (out / MANIFEST).is_file():
-            raise FileExistsError(f"{out} exists and is not a built dataset; not replacing it")
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-
-
 def build(config) -> dict:
     """Builds the dataset `config` describes into `config.output`; returns its manifest."""
     _check_config(config)
-    out = Path(config.output).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        manifest = _write_records(config, tmp)
-        manifest["statistics"] = _statistics(tmp, manifest)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
-                                    encoding="utf-8")
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+
+    def write(folder: Path) -> dict:
+        manifest = _write_records(config, folder)
+        manifest["statistics"] = _statistics(folder, manifest)
+        return manifest
+
+    return write_dataset(config.output, write)
 
 
 def main() -> None:

@@ -6,12 +6,13 @@
 Each training sample is one window of `frames` motion frames (8k + 1, so the ×4 causal video
 VAE and 4DMoT both give F = 1 + (frames − 1)/4 latent frames) cut from a motion clip (the
 package's procedural motion, motion files, or built motion shards, read by the loader's
-`make_source`). For every window it writes a latent record (`mtvjax.data.latent_records`):
+`make_source`). For every window it writes a latent record (`mtvjax.data.latent_records`;
+read back by `mtvjax.data.latent_shard_source`):
 
 * video latents `[F, H, W, C]` and reference latents `[1, H, W, C]`: `latents.renderer`
-  "synthetic" renders them from the motion (`render_latents`: joint blobs + a per-clip
-  appearance code). Encoding real video windows with the converted video VAEs ("vae") is not
-  wired yet and is refused.
+  "synthetic" renders them from the motion (`mtvjax.data.synthetic_latents.render_latents`:
+  joint blobs + a per-clip appearance code). Encoding real video windows with the converted
+  video VAEs ("vae") is not wired yet and is refused.
 * motion tokens (`tokens.kind`): "tokenizer" runs a 4DMoT checkpoint over the windows
   (quantised codebook vectors `[F·24, code_dim]`, as the frozen 4DMoT inside the train step
   would); "projection" stores stand-in tokens (`projected_tokens`); "none" stores none (the
@@ -29,20 +30,18 @@ complete; the same config gives the same bytes.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
-from mtvjax.data.latent_records import (KIND, MANIFEST, MANIFEST_VERSION, encode_latent_record,
-                                        kind_text, latent_frames_for, projected_tokens,
-                                        render_latents, window_start)
+from mtvjax.data.latent_records import encode_latent_record, latent_frames_for
+from mtvjax.data.latent_shard_source import KIND, MANIFEST_VERSION
 from mtvjax.data.stats import compute_stats
+from mtvjax.data.synthetic_latents import kind_text, projected_tokens, render_latents, window_start
 
-from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split
+from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split, write_dataset
 
 RENDERERS = ("synthetic",)
 TOKEN_KINDS = ("projection", "tokenizer", "none")
@@ -155,28 +154,7 @@ def _write(config, tmp: Path) -> dict:
 def build(config) -> dict:
     """Builds the latent dataset `config` describes into `config.output`; returns its manifest."""
     _check(config)
-    out = Path(config.output).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        manifest = _write(config, tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
-                                    encoding="utf-8")
-        if out.exists():
-            manifest_path = out / MANIFEST
-            if not manifest_path.is_file():
-                raise FileExistsError(f"{out} exists and is not a built dataset; not replacing it")
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    return write_dataset(config.output, lambda folder: _write(config, folder))
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Writing encoded records into ArrayRecord shards, and the train/val split by clip.
+"""Writing a dataset folder: encoded records into ArrayRecord shards, the train/val split by
+clip, and the atomic replacement of a previous build.
 
 A clip's split is a pure function of its key and the build seed (a hash, not its position), so
 adding or removing other clips never moves it, and all frames of a clip stay in one split.
@@ -6,13 +7,23 @@ Shards hold at most `shard_records` records each, one record per ArrayRecord gro
 loader reads any record without decoding its neighbours; they are named
 `NAME-00000-of-00003.array_record` (NAME: the split, or `SPLIT-frames` for video frames) once
 the split is complete.
+
+`write_dataset` writes the whole folder (shards, statistics, `manifest.json`) beside the output
+and renames it into place at the end, so a stopped build leaves the previous dataset (or none),
+never a half-written one.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 from array_record.python.array_record_module import ArrayRecordWriter
+
+from mtvjax.data.shard_source import MANIFEST
 
 SPLITS = ("train", "val")
 ARRAY_RECORD_OPTIONS = "group_size:1"
@@ -59,3 +70,30 @@ class SplitWriter:
             self._path(i).rename(final)
             shards.append({"file": final.relative_to(root).as_posix(), "records": count})
         return shards
+
+
+def write_dataset(output, write: Callable[[Path], dict]) -> dict:
+    """Builds the dataset folder `output`: `write(folder)` fills a fresh temporary folder beside
+    it and returns the manifest, which is saved as `manifest.json`; the folder then replaces a
+    previous build at `output` (never a folder that is not one). Returns the manifest."""
+    out = Path(output).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        manifest = write(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
+                                    encoding="utf-8")
+        if out.exists():
+            if not (out / MANIFEST).is_file():
+                raise FileExistsError(f"{out} exists and is not a built dataset; not replacing it")
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest

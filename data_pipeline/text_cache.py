@@ -1,64 +1,45 @@
-"""Prompt embeddings of a dataset, encoded once per distinct prompt and stored beside the shards.
+"""Writing a dataset's prompt-embedding cache: each distinct prompt encoded once (not wired yet).
 
-MV-DiT-17B is conditioned on umT5 embeddings of a prompt (reference_mvdit17b.md §6.6). Running
-the 5.7B encoder in the training loop would be wasteful, and most clips share a handful of
-prompts, so the build encodes each **distinct** prompt once and records refer to it by key:
-
-    DATASET/text_cache/index.json                     {schema, encoder_id, entries, negative}
-    DATASET/text_cache/embeddings-00000-of-00001.array_record
-
-* **Key** (`prompt_key`): sha256 of the encoder id and the prompt. The encoder id
-  (`umt5.text_encoder_id`) hashes the converted checkpoint's weight fingerprint, the tokenizer's
-  vocabulary, text_len and the compute dtype, so a different encoder never reuses embeddings.
-* **Entries**: one ArrayRecord record per key (msgpack, no pickle): `schema`, `key`, `prompt`,
-  `encoder_id` and the embedding — only the prompt's own token rows `[L, dim]` (the DiT pads
-  with zeros to 512, `text_lens` = L), float32 or float16 — written in key order, so the same
-  prompts give the same bytes. `index.json` maps each key to its shard, position and length.
-* **Records** refer to their prompt through the manifest: the build step adds `text_key` to every
-  `manifest["index"][split]` entry and a `manifest["text"]` section (encoder id, negative-prompt
-  key, counts). The record bytes are unchanged (a `text_key` field in the record schema would
-  need a schema version bump of `mtvjax.data.motion_records`).
-* **Reuse**: `previous=` (an earlier build's `text_cache/`) supplies entries it already holds, so
-  a rebuild encodes only new prompts. The encoder is built lazily: a build whose prompts are all
-  cached never loads it.
+What it does: given a dataset's manifest and per-clip prompts, `text_step` encodes every
+**distinct** prompt (and the negative prompt) once with umT5 (or looks it up in embeddings made
+elsewhere, `PrecomputedEncoder({prompt: [L, dim]}, encoder_id)`), writes them to
+`DATASET/text_cache/` (the format and its reader: `mtvjax.data.text_embeddings`), adds
+`text_key` to every `manifest["index"][split]` entry and a `manifest["text"]` section (encoder
+id, negative-prompt key, counts). Entries are written in key order, so the same prompts give
+the same bytes; `previous=` (an earlier build's `text_cache/`) supplies entries it already
+holds, so a rebuild encodes only new prompts, and the encoder is built lazily (a build whose
+prompts are all cached never loads it). `add_text_cache(dataset, config)` does the same on an
+already-built dataset and rewrites its manifest.
 
 Prompts come from `prompts` (a JSON object `{key: prompt}`, JSON lines
 `{"key": ..., "prompt": ...}` or `key<TAB>prompt` lines; a clip is looked up by its record key,
-then its source_id, then its video path) and otherwise `default_prompt`; the negative prompt is
-encoded too. Embeddings computed elsewhere (e.g. by the PyTorch pipeline) enter the same cache
-through `PrecomputedEncoder({prompt: [L, dim]}, encoder_id)`, and the DiT keeps accepting
-embeddings however they were made.
+then its source_id, then its video path) and otherwise `default_prompt`.
 
-API: `default_config()` (the `text` section of a data config), `text_step(config, root,
-manifest, encoder=None, previous=None)` (the build step: call it from `data_pipeline.build.build`
-after the shards are written, before the manifest is saved), `add_text_cache(dataset, config)`
-(the same on an already-built dataset), `TextCache(folder)` (`get(key)`, `padded(keys, 512)`),
-`DatasetText(dataset)` (`for_record(key)`, `negative()`), `encode_prompts`, `load_prompts`,
-`PrecomputedEncoder`.
+Status: no build step calls this yet. `data_pipeline.build` and `data_pipeline.latents` do not
+run `text_step` (the synthetic latent build stores its own fixed per-kind text features), and
+no trainer reads `DatasetText`; only the tests exercise it. The real-video training issue wires
+it in: `text_step(config.text, tmp, manifest)` in the build after the shards are written and
+before the manifest is saved, and the MV-DiT data source reading `DatasetText`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import msgpack
 import numpy as np
 
-CACHE_DIR = "text_cache"
-INDEX = "index.json"
-SCHEMA = "text_embedding/1"
-INDEX_SCHEMA = "text_cache/1"
-STORE_DTYPES = {"float32": "<f4", "float16": "<f2"}
+from mtvjax.data.shard_source import MANIFEST
+from mtvjax.data.text_embeddings import (CACHE_DIR, INDEX, INDEX_SCHEMA, TextCache,
+                                         TextCacheError, array_record_reader, decode_entry,
+                                         encode_entry, prompt_key)
+
+from data_pipeline.shard_writer import ARRAY_RECORD_OPTIONS
+
 DEFAULT_PROMPT = "The character is dancing."
 NEGATIVE_PROMPT = "bad hands, extra limbs, fused fingers, blurry, low quality"
-
-
-class TextCacheError(ValueError):
-    """A cache folder or entry that is not of this schema, or a prompt that cannot be found."""
 
 
 def default_config():
@@ -94,137 +75,9 @@ class PrecomputedEncoder:
         return [np.asarray(self.embeddings[p], np.float32) for p in prompts]
 
 
-def prompt_key(prompt: str, encoder_id: str) -> str:
-    return hashlib.sha256(f"{encoder_id}\0{prompt}".encode("utf-8")).hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
-# Entries
-# ----------------------------------------------------------------------------------------------
-
-
-def encode_entry(key: str, prompt: str, encoder_id: str, embedding, dtype: str = "float32"
-                 ) -> bytes:
-    arr = np.asarray(embedding)
-    if arr.ndim != 2:
-        raise TextCacheError(f"{prompt!r}: embedding must be [tokens, dim], got {list(arr.shape)}")
-    if not np.all(np.isfinite(arr)):
-        raise TextCacheError(f"{prompt!r}: embedding holds NaN or Inf values")
-    code = STORE_DTYPES[dtype]
-    arr = np.ascontiguousarray(arr.astype(code))
-    return msgpack.packb({"schema": SCHEMA, "key": key, "prompt": prompt,
-                          "encoder_id": encoder_id, "dtype": code, "shape": list(arr.shape),
-                          "data": arr.tobytes()}, use_bin_type=True)
-
-
-def decode_entry(data: bytes) -> dict:
-    try:
-        raw = msgpack.unpackb(data, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise TextCacheError(f"not a text-cache entry ({e})") from None
-    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-        raise TextCacheError(f"not a {SCHEMA} entry (schema {raw.get('schema') if isinstance(raw, dict) else None!r})")
-    if raw["dtype"] not in STORE_DTYPES.values():
-        raise TextCacheError(f"entry {raw['key']}: dtype {raw['dtype']} not stored by this cache")
-    shape = tuple(int(s) for s in raw["shape"])
-    arr = np.frombuffer(raw["data"], np.dtype(raw["dtype"]))
-    if arr.size != int(np.prod(shape)):
-        raise TextCacheError(f"entry {raw['key']}: {arr.size} values for shape {list(shape)}")
-    return {"key": raw["key"], "prompt": raw["prompt"], "encoder_id": raw["encoder_id"],
-            "embedding": arr.reshape(shape).astype(np.float32)}
-
-
 def _writer(path: Path):
     from array_record.python.array_record_module import ArrayRecordWriter
-    return ArrayRecordWriter(str(path), "group_size:1")
-
-
-def _reader(path: Path):
-    from array_record.python.array_record_module import ArrayRecordReader
-    return ArrayRecordReader(str(path))
-
-
-# ----------------------------------------------------------------------------------------------
-# The cache folder
-# ----------------------------------------------------------------------------------------------
-
-
-class TextCache:
-    """Reads a `text_cache/` folder: `keys()`, `key in cache`, `get(key)` (float32 `[L, dim]`),
-    `prompt(key)`, `padded(keys, text_len)`."""
-
-    def __init__(self, folder):
-        self.folder = Path(folder)
-        path = self.folder / INDEX
-        if not path.is_file():
-            raise FileNotFoundError(f"{self.folder}: not a text cache (no {INDEX})")
-        index = json.loads(path.read_text(encoding="utf-8"))
-        if index.get("schema") != INDEX_SCHEMA:
-            raise TextCacheError(f"{path}: schema {index.get('schema')!r}, this reader knows "
-                                 f"{INDEX_SCHEMA!r}")
-        self.index = index
-        self.entries = index["entries"]
-        self._readers = {}
-
-    @classmethod
-    def open_if_present(cls, folder) -> "TextCache | None":
-        return cls(folder) if folder is not None and (Path(folder) / INDEX).is_file() else None
-
-    @property
-    def encoder_id(self) -> str | None:
-        return self.index.get("encoder_id")
-
-    def keys(self):
-        return self.entries.keys()
-
-    def __contains__(self, key) -> bool:
-        return key in self.entries
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def raw(self, key: str) -> bytes:
-        if key not in self.entries:
-            raise KeyError(f"{self.folder}: no embedding with key {key}")
-        entry = self.entries[key]
-        reader = self._readers.get(entry["shard"])
-        if reader is None:
-            reader = self._readers[entry["shard"]] = _reader(self.folder / entry["shard"])
-        return reader.read([entry["position"]])[0]
-
-    def entry(self, key: str) -> dict:
-        found = decode_entry(self.raw(key))
-        if found["key"] != key:
-            raise TextCacheError(f"{self.folder}: index points {key} at the entry of "
-                                 f"{found['key']}")
-        return found
-
-    def get(self, key: str) -> np.ndarray:
-        return self.entry(key)["embedding"]
-
-    def prompt(self, key: str) -> str:
-        return self.entries[key]["prompt"]
-
-    def padded(self, keys: Sequence[str], text_len: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 `[B, text_len, dim]` zero-padded embeddings, int32 `[B]` lengths): the DiT's
-        `text_emb` and `text_lens`."""
-        arrays = [self.get(k) for k in keys]
-        if not arrays:
-            raise ValueError("no keys")
-        dim = arrays[0].shape[1]
-        out = np.zeros((len(arrays), text_len, dim), np.float32)
-        lens = np.zeros((len(arrays),), np.int32)
-        for i, a in enumerate(arrays):
-            if a.shape[0] > text_len:
-                raise ValueError(f"{keys[i]}: {a.shape[0]} rows exceed text_len {text_len}")
-            out[i, :a.shape[0]] = a
-            lens[i] = a.shape[0]
-        return out, lens
-
-    def close(self):
-        for reader in self._readers.values():
-            reader.close()
-        self._readers = {}
+    return ArrayRecordWriter(str(path), ARRAY_RECORD_OPTIONS)
 
 
 def write_cache(folder, items: Iterable[tuple[str, str, Callable[[], bytes]]], encoder_id: str,
@@ -292,7 +145,7 @@ def encode_prompts(prompts: Iterable[str], folder, encoder, *, encoder_id: str |
                 for p, emb in zip(chunk, embeddings):
                     writer.write(encode_entry(keys[p], p, encoder_id, emb, store_dtype))
             writer.close()
-        new_reader = _reader(pending) if missing else None
+        new_reader = array_record_reader(pending) if missing else None
         position = {p: i for i, p in enumerate(missing)}
         items = []
         for p in distinct:
@@ -319,11 +172,10 @@ def encode_prompts(prompts: Iterable[str], folder, encoder, *, encoder_id: str |
 
 
 def _reencoded(cache: TextCache, key: str, store_dtype: str) -> Callable[[], bytes]:
+    """The cached entry of `key` in `store_dtype` (float16 → float32 → float16 is exact, so an
+    entry already stored in `store_dtype` comes back byte for byte)."""
     def read():
-        raw = cache.raw(key)
-        entry = decode_entry(raw)
-        if STORE_DTYPES[store_dtype] == msgpack.unpackb(raw, raw=False)["dtype"]:
-            return raw
+        entry = cache.entry(key)
         return encode_entry(key, entry["prompt"], entry["encoder_id"], entry["embedding"],
                             store_dtype)
     return read
@@ -442,7 +294,6 @@ def keys_of(prompt: str, encoder_id: str) -> str | None:
 def add_text_cache(dataset, config, encoder=None) -> dict:
     """`text_step` on an already-built dataset folder: reuses its current cache, rewrites
     `manifest.json` (atomically, by rename). Returns the manifest's `text` section."""
-    from mtvjax.data.shard_source import MANIFEST
     root = Path(dataset)
     manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     section = text_step(config, root, manifest, encoder)
@@ -450,33 +301,3 @@ def add_text_cache(dataset, config, encoder=None) -> dict:
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, root / MANIFEST)
     return section
-
-
-class DatasetText:
-    """The prompt embeddings of a built dataset: `for_record(key)`, `negative()`,
-    `batch(record_keys, text_len)`."""
-
-    def __init__(self, dataset):
-        from mtvjax.data.shard_source import MANIFEST
-        root = Path(dataset)
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-        if "text" not in manifest:
-            raise TextCacheError(f"{root}: the dataset has no prompt embeddings (build it with "
-                                 "text.enabled=True or run add_text_cache)")
-        self.section = manifest["text"]
-        self.cache = TextCache(root / self.section["folder"])
-        self.keys = {e["key"]: e["text_key"] for split in manifest["index"]
-                     for e in manifest["index"][split]}
-
-    def for_record(self, key: str) -> np.ndarray:
-        return self.cache.get(self.keys[key])
-
-    def prompt(self, key: str) -> str:
-        return self.cache.prompt(self.keys[key])
-
-    def negative(self) -> np.ndarray | None:
-        key = self.section.get("negative_key")
-        return None if key is None else self.cache.get(key)
-
-    def batch(self, record_keys: Sequence[str], text_len: int = 512):
-        return self.cache.padded([self.keys[k] for k in record_keys], text_len)

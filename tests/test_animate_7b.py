@@ -21,12 +21,16 @@ def test_7b_animates_a_real_clip_into_an_mp4_deterministically(set7b, animate_in
                                                               mtvcrafter_sample,
                                                               tmp_path):
     motion = mtvcrafter_sample / "sampled_data.pkl"
+
+    def run_cli(out):
+        _cli("--config", f"{REPO_ROOT}/configs/animate.py:7b",
+             "--ref-image", animate_inputs / "ref.png", "--motion", motion, "--out", out,
+             "--frames", WINDOW,
+             "--seed", 5, "--panel", "--noprogress", *FAST, *set7b["flags"])
+        return read_video_frames(out)
+
     out = tmp_path / "cli" / "out.mp4"
-    _cli("--config", f"{REPO_ROOT}/configs/animate.py:7b",
-         "--ref-image", animate_inputs / "ref.png", "--motion", motion, "--out", out,
-         "--frames", WINDOW,
-         "--seed", 5, "--panel", "--noprogress", *FAST, *set7b["flags"])
-    video = read_video_frames(out)
+    video = run_cli(out)
     assert video.shape == (WINDOW, 64, 64, 3)
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["windows"] == 1 and report["seconds_per_step"] > 0
@@ -35,10 +39,12 @@ def test_7b_animates_a_real_clip_into_an_mp4_deterministically(set7b, animate_in
     # the skeleton columns move with the motion
     assert np.abs(panel[0].astype(int) - panel[-1].astype(int)).mean() > 1.0
 
-    again = tmp_path / "again.mp4"
-    animate(_config("7b", set7b, seed=5, video__frames=WINDOW), animate_inputs / "ref.png", motion,
-            again, progress=False)
-    np.testing.assert_array_equal(read_video_frames(again), video)
+    # Determinism is checked like with like: the same command line in a second fresh process
+    # (same environment and XLA flags, same device count and compiled programs) must give the
+    # same bytes. The pytest process is no such twin (other tests and libraries ran in it
+    # first); on one AVX-512 machine its frames differed from the CLI's in 8.7 % of the decoded
+    # uint8 values, up to 46: a float32 rounding difference, amplified by H.264's lossy coding.
+    np.testing.assert_array_equal(run_cli(tmp_path / "again" / "out.mp4"), video)
 
 
 def test_7b_long_video_with_dynamic_pe_stitches_windows(animate_inputs, tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mtvjax.models.layers import attention as A
+from mtvjax.models.layers import norms as N
 from mtvjax.models.layers import rope as R
 
 
@@ -151,7 +152,7 @@ def test_registry_dispatch():
 
 def test_norms_match_numpy_and_keep_dtype():
     x = _randn((2, 3, 16), seed=5, scale=3.0, offset=1.0)
-    for cls, ref in ((A.LayerNorm, _np_layer_norm), (A.RMSNorm, _np_rms_norm)):
+    for cls, ref in ((N.LayerNorm, _np_layer_norm), (N.RMSNorm, _np_rms_norm)):
         module = cls()
         params = _init(module, x)
         out = module.apply({"params": params}, x)

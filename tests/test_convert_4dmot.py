@@ -18,8 +18,11 @@ import torch_reference_4dmot as ref
 from mtvjax.models.fourdmot import convert as conv
 from mtvjax.checkpoint.manager import Checkpointer, abstract_like, read_config
 from mtvjax.data.motion_files import load_clips
+from mtvjax.models.fourdmot import forward as fwd
+from mtvjax.models.fourdmot.build import build_model
 from mtvjax.models.fourdmot.model import FourDMoT, latent_frames
 from mtvjax.train import fourdmot_step as steps
+from mtvjax.train.fourdmot_released import convert_4dmot
 
 # Reduced width; dilation reference 128 gives dilation 3 at width 32 and 1 at 64, as in the release.
 SMALL = dict(channels=(32, 64), code_dim=64, codebook_size=128, num_res_blocks=2, num_groups=8,
@@ -83,8 +86,8 @@ def converted(sample, tmp_path_factory):
     folder = tmp_path_factory.mktemp("convert")
     src = folder / "mp_rank_00_model_states.pt"
     torch.save({"module": model.state_dict(), "ds_version": "0.0", "global_steps": 7}, src)
-    summary = conv.convert_4dmot(src, folder / "ckpt", sample["mean"], sample["std"],
-                                 variant=small_config())
+    summary = convert_4dmot(src, folder / "ckpt", sample["mean"], sample["std"],
+                            variant=small_config())
     return model, restore(folder / "ckpt"), summary, folder
 
 
@@ -92,7 +95,7 @@ def restore(directory):
     """Rebuilds model and state from the checkpoint folder alone (its config JSON)."""
     config, step = read_config(str(directory))
     config = ml_collections.ConfigDict(config)
-    model, tx = steps.build_model(config.model), steps.make_optimizer(config)
+    model, tx = build_model(config.model), steps.make_optimizer(config)
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = abstract_like(steps.abstract_state(config, model, tx), sharding)
     checkpointer = Checkpointer(str(directory), create=False)
@@ -122,7 +125,7 @@ def test_parity_with_torch_reference(converted, sample, frames, count):
         t_q, _ = torch_model.quantize(t_z)
     gap = nearest_gap(t_z.permute(0, 2, 3, 1).reshape(-1, t_z.shape[1]), torch_model.vq.codebook)
     assert gap > 1e-5, "a near-tie between codes: token parity would be ill-posed for this seed"
-    forward = jax.jit(functools.partial(steps.forward, model, sw=steps.Switches(differential=False)))
+    forward = jax.jit(functools.partial(fwd.forward, model, sw=fwd.Switches(differential=False)))
     decode = jax.jit(lambda p, q: model.apply({"params": p}, q, method=FourDMoT.decode))
     with jax.default_matmul_precision("highest"):
         out = forward(state.params, state.quantizer["codebook"], motion, state.stats)
@@ -162,15 +165,15 @@ def test_bare_state_dict_and_safetensors(converted, sample):
     torch.save(sd, folder / "bare.pt")
     save_file(state_dict_numpy(torch_model), str(folder / "model.safetensors"))
     for name in ("bare.pt", "model.safetensors"):
-        conv.convert_4dmot(folder / name, folder / f"ckpt_{name}", sample["mean"], sample["std"],
-                           variant=small_config())
+        convert_4dmot(folder / name, folder / f"ckpt_{name}", sample["mean"], sample["std"],
+                      variant=small_config())
         _, other = restore(folder / f"ckpt_{name}")
         for a, b in zip(jax.tree.leaves((state.params, state.quantizer)),
                         jax.tree.leaves((other.params, other.quantizer))):
             np.testing.assert_array_equal(a, b)
     # No variant: sizes read from the file on top of `released` (groups/dilation stay released's).
-    summary = conv.convert_4dmot(folder / "model.safetensors", folder / "ckpt_inferred",
-                                 sample["mean"], sample["std"], variant=None)
+    summary = convert_4dmot(folder / "model.safetensors", folder / "ckpt_inferred",
+                            sample["mean"], sample["std"], variant=None)
     assert {k: summary["model"][k] for k in conv.INFERRED_FIELDS} == {
         "channels": (32, 64), "num_res_blocks": 2, "code_dim": 64, "codebook_size": 128,
         "joint_kernel": 3}
@@ -179,7 +182,7 @@ def test_bare_state_dict_and_safetensors(converted, sample):
 
 def test_errors_name_the_offending_keys(converted, sample, tmp_path):
     torch_model = converted[0]
-    convert = functools.partial(conv.convert_4dmot, mean_path=sample["mean"],
+    convert = functools.partial(convert_4dmot, mean_path=sample["mean"],
                                 std_path=sample["std"], variant=small_config())
 
     def attempt(sd, name, **kwargs):
@@ -240,7 +243,7 @@ def test_full_size_layout_and_parameter_count():
     assert conv.infer_model_config(shapes) == {k: tuple(v) if isinstance(v, list) else v
                                                for k, v in config.model.items()
                                                if k in conv.INFERRED_FIELDS}
-    flax_model, tx = steps.build_model(config.model), steps.make_optimizer(config)
+    flax_model, tx = build_model(config.model), steps.make_optimizer(config)
     abstract = steps.abstract_state(config, flax_model, tx)
     assert sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params)) == 48_323_075
     conv.check_layout(shapes, conv.target_shapes(abstract), conv.name_table(config.model), "meta")

@@ -15,7 +15,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from data_pipeline import text_cache as TC  # noqa: E402
+from mtvjax.data import text_embeddings as TE  # noqa: E402
+from mtvjax.checkpoint.converted import checkpoint_id  # noqa: E402
 from mtvjax.models.encoders import convert as E  # noqa: E402
+from mtvjax.models.encoders import load as L  # noqa: E402
 from mtvjax.checkpoint.conversion import ConversionError  # noqa: E402
 from mtvjax.models.encoders import clip_vision as C  # noqa: E402
 from mtvjax.models.encoders import image_preprocess as P  # noqa: E402
@@ -62,7 +65,7 @@ def umt5_converted(hf_umt5, tmp_path_factory):
     _, folder = hf_umt5
     dst = tmp_path_factory.mktemp("ckpt") / "umt5"
     summary = E.convert_umt5(folder, dst, variant=None)
-    config, params = E.load_umt5(dst)
+    config, params = L.load_umt5(dst)
     return config, params, summary, dst
 
 
@@ -201,7 +204,7 @@ def test_umt5_conversion_errors_name_keys(hf_umt5, umt5_converted, tmp_path):
 def test_clip_parity_penultimate_layer(hf_clip, tmp_path):
     model, folder = hf_clip
     summary = E.convert_clip_vision(folder, tmp_path / "clip", variant=None)
-    config, params = E.load_clip_vision(tmp_path / "clip")
+    config, params = L.load_clip_vision(tmp_path / "clip")
     assert (config.num_layers, config.output_layer, config.activation) == (3, 2, "gelu")
     assert summary["skipped"] == 16 + 2    # block 2 (16 tensors) + post_layernorm
     x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(3))
@@ -370,7 +373,7 @@ def test_text_encoder_matches_transformers_pipeline(hf_umt5, umt5_converted):
     config, params, _, dst = umt5_converted
     config = T.umt5_config(config, text_len=12)
     tokenizer = _tiny_tokenizer()
-    encoder = T.TextEncoder(params, config, tokenizer, checkpoint_id=E.checkpoint_id(dst),
+    encoder = T.TextEncoder(params, config, tokenizer, checkpoint_id=checkpoint_id(dst),
                             batch_size=2)
     prompts = ["the woman is dancing on the beach", "a man runs", "sunset"]
     ids, mask = T.tokenize(tokenizer, prompts, 12)
@@ -385,7 +388,7 @@ def test_text_encoder_matches_transformers_pipeline(hf_umt5, umt5_converted):
         assert rel_err(emb, ref[i, :emb.shape[0]].numpy()) < RTOL
     assert encoder.calls == 3
     # from the converted checkpoint: weights read on first use, bf16 compute (another identity)
-    lazy = T.TextEncoder.from_checkpoint(dst, tokenizer, dtype="bfloat16", batch_size=1)
+    lazy = L.text_encoder_from_checkpoint(dst, tokenizer, dtype="bfloat16", batch_size=1)
     assert callable(lazy._params) and lazy.encoder_id != encoder.encoder_id
     (emb16,) = lazy(prompts[1:2])
     assert emb16.shape == out[1].shape and rel_err(emb16, out[1]) < 0.05
@@ -431,7 +434,7 @@ def test_prompt_cache_encodes_each_prompt_once(tmp_path):
                                            TC.DEFAULT_PROMPT, TC.NEGATIVE_PROMPT})
     assert section["encoded"] == 4 and section["clips_with_default_prompt"] == 2
     (root / "manifest.json").write_text(json.dumps(manifest))
-    text = TC.DatasetText(root)
+    text = TE.DatasetText(root)
     reference = dict(zip(encoder.seen, CountingEncoder()(encoder.seen)))
     for key, prompt in (("a", "a man runs"), ("b", "a man runs"), ("c", "the woman is dancing"),
                         ("e", TC.DEFAULT_PROMPT)):
@@ -441,24 +444,24 @@ def test_prompt_cache_encodes_each_prompt_once(tmp_path):
     batch, lens = text.batch(["a", "c"], text_len=16)
     assert batch.shape == (2, 16, 8) and list(lens) == [4, 5] and not batch[0, 4:].any()
     # a rebuild from the previous cache encodes nothing and writes the same bytes
-    files = {p.name: p.read_bytes() for p in (root / TC.CACHE_DIR).iterdir()}
+    files = {p.name: p.read_bytes() for p in (root / TE.CACHE_DIR).iterdir()}
     root2 = tmp_path / "ds2"
     root2.mkdir()
     again = CountingEncoder()
-    TC.text_step(config, root2, _manifest(keys), again, previous=root / TC.CACHE_DIR)
+    TC.text_step(config, root2, _manifest(keys), again, previous=root / TE.CACHE_DIR)
     assert again.seen == []
-    assert {p.name: p.read_bytes() for p in (root2 / TC.CACHE_DIR).iterdir()} == files
+    assert {p.name: p.read_bytes() for p in (root2 / TE.CACHE_DIR).iterdir()} == files
     # a new prompt is the only one encoded; float16 storage round-trips within its precision
     config.default_prompt = "sunset"
     config.store_dtype = "float16"
     third = CountingEncoder()
     TC.text_step(config, root, _manifest(keys), third)
     assert third.seen == ["sunset"]
-    cache = TC.TextCache(root / TC.CACHE_DIR)
+    cache = TE.TextCache(root / TE.CACHE_DIR)
     assert len(cache) == 4      # only what the dataset needs now (the old default is gone)
-    np.testing.assert_allclose(cache.get(TC.prompt_key("a man runs", "fake-encoder")),
+    np.testing.assert_allclose(cache.get(TE.prompt_key("a man runs", "fake-encoder")),
                                reference["a man runs"], rtol=1e-3, atol=1e-3)
-    with pytest.raises(TC.TextCacheError, match="d, e"):
+    with pytest.raises(TE.TextCacheError, match="d, e"):
         TC.resolve_prompts(_manifest(keys)["index"]["train"] + _manifest(keys)["index"]["val"],
                            TC.load_prompts(prompts_file), "")
     assert isinstance(config, ml_collections.ConfigDict)
@@ -466,7 +469,7 @@ def test_prompt_cache_encodes_each_prompt_once(tmp_path):
     given = {"sunset": np.ones((2, 8), np.float32)}
     keys_, stats = TC.encode_prompts(["sunset"], tmp_path / "pre",
                                      TC.PrecomputedEncoder(given, "torch-umt5"))
-    np.testing.assert_array_equal(TC.TextCache(tmp_path / "pre").get(keys_["sunset"]),
+    np.testing.assert_array_equal(TE.TextCache(tmp_path / "pre").get(keys_["sunset"]),
                                   given["sunset"])
 
 

@@ -10,7 +10,7 @@ from mtvjax.models.fourdmot.model import (FourDMoT, decoded_frames, latent_frame
                                     split_windows)
 from mtvjax.models.fourdmot.layers import (resblock_dilation, temporal_avg_pool2,
                                            temporal_upsample2)
-from mtvjax.train.fourdmot_step import build_model
+from mtvjax.models.fourdmot.build import build_model
 
 FRAME_COUNTS = (33, 49, 81, 97, 129)
 

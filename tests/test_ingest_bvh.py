@@ -9,7 +9,7 @@ import pytest
 
 from data_pipeline.readers.bvh import (CC_BASE_JOINT_MAP, bvh_world_positions, load_bvh, parse_bvh,
                                read_bvh)
-from data_pipeline.readers.record import MotionFormatError
+from mtvjax.data.motion_files import MotionFormatError
 from mtvjax.data.skeleton import JOINT_NAMES
 
 J = {n: i for i, n in enumerate(JOINT_NAMES)}

@@ -10,7 +10,8 @@ import pytest
 from data_pipeline.readers.arrays import load_joint_array
 from data_pipeline.readers.ingest import IngestError, load_motion_file, scan_inputs
 from data_pipeline.readers.nlf import load_nlf_pickle, video_fps
-from data_pipeline.readers.record import MotionFormatError, MotionRecord, make_record
+from data_pipeline.readers.ingested_record import MotionRecord, make_record
+from mtvjax.data.motion_files import MotionFormatError
 from mtvjax.data.resample import resample_linear
 from data_pipeline.readers.smpl_params import load_smpl_params
 from mtvjax.data.safe_pickle import UnsafePickleError

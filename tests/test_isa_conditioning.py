@@ -65,7 +65,7 @@ def m7():
     params0 = init(jax.random.PRNGKey(0))            # zero-initialised ISA outputs
     params_r = jax.tree.map(jnp.asarray, random_like(params0, 3))  # everything non-zero
     apply = jax.jit(lambda p, mm, drop: model.apply({"params": p}, x, ref, ts, motion_mm=mm,
-                                                    use_uncond=drop))
+                                                    motion_drop=drop))
     return dict(config=config, model=model, x=x, ref=ref, ts=ts, params0=params0,
                 params_r=params_r, apply=apply)
 

@@ -52,7 +52,7 @@ def worker() -> dict:
     import jax
     import numpy as np
 
-    from mtvjax.data.latent_records import make_latent_batches
+    from mtvjax.data.latent_batches import make_latent_batches
     from mtvjax.train import mvdit_trainer as T
 
     assert len(jax.devices()) == 8, jax.devices()

@@ -28,6 +28,7 @@ from mtvjax.models.mvdit import motion_pe as PE
 from mtvjax.models.mvdit.cogvideox import model as mv
 from mtvjax.models.mvdit.wan import model as W
 from mtvjax.models.layers import rope as R
+from mtvjax.parallel.sharding import logical_to_spec
 from mtvjax.train import mvdit_step as steps
 
 F, H, WD = 2, 4, 4                                  # 2 latent frames, 2×2 patch grid
@@ -318,7 +319,7 @@ def test_learnable_embedding_init_axes_and_limit():
     axes = traverse_util.flatten_dict(mv.logical_axes(mv.from_config(config)))
     assert tuple(axes[("motion_pos_embed", "joint_embed")]) == ("motion_joints", "embed")
     assert tuple(axes[("motion_pos_embed", "frame_embed")]) == ("motion_frames", "embed")
-    spec = steps.spec_for(("motion_frames", "embed"), config.sharding_rules)
+    spec = logical_to_spec(("motion_frames", "embed"), config.sharding_rules)
     assert tuple(spec) == (None, "fsdp")
     wan = traverse_util.flatten_dict(W.param_logical_axes(_tiny17b(motion_pe="learnable")))
     assert tuple(wan[("motion_pos_embed", "joint_embed")]) == ("motion_joints", "embed")
@@ -366,7 +367,10 @@ def test_records_carry_first_joints(tmp_path):
 
     from data_pipeline import latents as latent_build
     from mtvjax.data import latent_records as L
-    source = L.SyntheticLatentSource(2, 9, (4, 4))
+    from mtvjax.data.latent_batches import make_latent_batches
+    from mtvjax.data.latent_shard_source import LatentShardSource
+    from mtvjax.data.synthetic_latents import SyntheticLatentSource
+    source = SyntheticLatentSource(2, 9, (4, 4))
     item = source[0]
     np.testing.assert_array_equal(item["first_joints"], item["motion"][0])
     data = L.encode_latent_record(key="k", source_id="s", latents=item["latents"],
@@ -382,21 +386,21 @@ def test_records_carry_first_joints(tmp_path):
         L.encode_latent_record(key="k", source_id="s", latents=item["latents"],
                                ref_latents=item["ref_latents"], motion=item["motion"],
                                first_joints=np.zeros((24, 2)))
-    batch = L.make_latent_batches(source, 2, 0)[0]
+    batch = make_latent_batches(source, 2, 0)[0]
     np.testing.assert_array_equal(batch["first_joints"], batch["motion"][:, 0])
 
     config = load_config("data/synthetic_latents.py", "tiny")
     config.output = str(tmp_path / "built")
     config.motion.synthetic_sequences = 4
     latent_build.build(config)
-    built = L.LatentShardSource(tmp_path / "built")[0]
+    built = LatentShardSource(tmp_path / "built")[0]
     np.testing.assert_array_equal(built["first_joints"], built["motion"][0])
 
 
 def test_dynamic_train_step_uses_the_records_first_joints():
     """`--config.model.motion_pe=dynamic`: the tiny trainer's step takes `first_joints` from the
     items and the loss depends on them."""
-    from mtvjax.data.latent_records import make_latent_batches
+    from mtvjax.data.latent_batches import make_latent_batches
     from mtvjax.train import mvdit_trainer as T
     config = load_config("mvdit.py", "tiny")
     config.model.motion_pe = "dynamic"

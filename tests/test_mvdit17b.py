@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
+from mtvjax.checkpoint.conversion import TensorSource  # noqa: E402
 from mtvjax.models.mvdit.wan import convert as C  # noqa: E402
 from mtvjax.models.mvdit.wan import model as W  # noqa: E402
 from mtvjax.models.layers import rope as R  # noqa: E402
@@ -169,8 +170,8 @@ def test_full_size_conversion_layout():
     cfg = W.wan_config("17b")
     table = C.name_table(cfg)
     shapes = {k: v.shape for k, v in flax.traverse_util.flatten_dict(W.param_shapes(cfg)).items()}
-    fake = C.TensorSource("fake", {e.source: C.RULES[e.rule][1](shapes[e.target][len(e.index):])
-                                   for e in table}, getter=None)
+    fake = TensorSource("fake", {e.source: C.RULES[e.rule][1](shapes[e.target][len(e.index):])
+                                 for e in table}, getters={})
     C.check_layout(fake, table, shapes, "fake")
     C._check_table_covers(table, {}, shapes)
     assert len(table) == 1423
@@ -471,9 +472,9 @@ def test_released_joint_positions(shared_data):
 # ----------------------------------------------------------------------------------------------
 
 
-def _source(tensors: dict) -> C.TensorSource:
-    return C.TensorSource("mem", {k: tuple(v.shape) for k, v in tensors.items()},
-                          lambda k: tensors[k])
+def _source(tensors: dict) -> TensorSource:
+    return TensorSource("mem", {k: tuple(v.shape) for k, v in tensors.items()},
+                        {k: (lambda k=k: tensors[k]) for k in tensors})
 
 
 def test_conversion_errors_name_keys(reference, tmp_path):

@@ -56,7 +56,7 @@ def inputs(seed=0):
                 ref_latents=rng.normal(size=(B, F, H, W, 16)).astype(f32),
                 timesteps=np.array([999, 321], np.int32),
                 motion_tokens=rng.normal(size=(B, M, 128)).astype(f32),
-                use_uncond=np.array([True, False]))
+                motion_drop=np.array([True, False]))
 
 
 def torch_forward(model, x, config, query_4d=False):
@@ -64,7 +64,7 @@ def torch_forward(model, x, config, query_4d=False):
     hs = torch.from_numpy(np.concatenate([x["latents"], x["ref_latents"]], -1)).permute(0, 1, 4,
                                                                                        2, 3)
     motion = torch.from_numpy(x["motion_tokens"]).clone()
-    motion[torch.from_numpy(x["use_uncond"])] = model.unconditional_motion_token.detach()
+    motion[torch.from_numpy(x["motion_drop"])] = model.unconditional_motion_token.detach()
     p = config.model.patch_size
     vis = ref.vision_rope(F, H // p, W // p)
     mot = ref.motion_rope(F, np.asarray(config.model.joint_positions, np.float32))
@@ -135,7 +135,7 @@ def test_parity_with_torch_reference(released, converted):
     err = rel_err(got, want)
     assert err < RTOL, err
     # the motion path matters: the conditional slot differs from its unconditional twin
-    x2 = dict(x, use_uncond=np.array([True, True]))
+    x2 = dict(x, motion_drop=np.array([True, True]))
     assert rel_err(apply(converted["model"], converted["params"], x2)[1], want[1]) > 1e-3
     assert converted["summary"]["source_format"] == "mvdit7b"
 
@@ -146,12 +146,12 @@ def test_unconditional_default_and_sharded_source(released, converted):
     same = jax.tree.map(lambda a, b: np.array_equal(a, b), sharded, converted["params"])
     assert all(jax.tree.leaves(same))
     x = inputs(1)
-    x_all_uncond = dict(x, use_uncond=np.array([True, True]))
+    x_all_uncond = dict(x, motion_drop=np.array([True, True]))
     want = torch_forward(released["model"], x_all_uncond, released["config"])
     model = converted["model"]
     got = np.asarray(jax.jit(lambda p, a: model.apply({"params": p}, **a))(
         sharded, {k: jnp.asarray(v) for k, v in x.items() if k not in ("motion_tokens",
-                                                                       "use_uncond")}))
+                                                                       "motion_drop")}))
     assert rel_err(got, want) < RTOL
 
 
@@ -369,7 +369,7 @@ def test_bf16_remat_and_logical_axes(released, converted):
                for spec, leaf in zip(
                    (axes[k] for k in sorted(axes)),
                    (traverse_util.flatten_dict(converted["params"])[k] for k in sorted(axes))))
-    from mtvjax.parallel.mesh import logical_to_spec
+    from mtvjax.parallel.sharding import logical_to_spec
     spec = logical_to_spec(axes[("blocks", "block_0", "attn1", "to_out", "kernel")],
                            converted["config"].sharding_rules)
     assert tuple(spec) == (None, "tensor", "fsdp")

@@ -16,8 +16,9 @@ from flax import traverse_util
 from conftest import REPO_ROOT, load_config
 from data_pipeline import latents as latent_build
 from mtvjax.checkpoint.manager import Checkpointer, config_to_json, read_config
-from mtvjax.data.latent_records import (LatentShardSource, decode_latent_record,
-                                        encode_latent_record, make_latent_batches)
+from mtvjax.data.latent_batches import make_latent_batches
+from mtvjax.data.latent_records import decode_latent_record, encode_latent_record
+from mtvjax.data.latent_shard_source import LatentShardSource
 from mtvjax.models.mvdit.wan import model as W
 from mtvjax.train import mvdit_step as steps
 from mtvjax.train import mvdit_trainer as T
@@ -277,11 +278,12 @@ def test_17b_trains_only_the_motion_modules_from_pretrained(tmp_path):
 def test_frozen_4dmot_inside_the_step_equals_precomputed_tokens(tiny_trainer, tmp_path):
     """A 4DMoT checkpoint (code_dim 128 = the tiny 7B's width) tokenises the records' motion
     in the data pipeline and inside the step: same tokens, same loss."""
+    from mtvjax.models.fourdmot.build import build_model
     from mtvjax.train import fourdmot_step as F
     config, trainer, init, _ = tiny_trainer
     tok_config = load_config("4dmot.py", "tiny")
     tok_config.model.code_dim = 128
-    model = F.build_model(tok_config.model)
+    model = build_model(tok_config.model)
     tx = F.make_optimizer(tok_config)
     # random weights of the abstract state's shapes (nothing compiles); codebook N(0, 1)
     rng = np.random.default_rng(0)

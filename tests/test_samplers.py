@@ -24,7 +24,7 @@ from mtvjax.diffusion import schedules as S  # noqa: E402
 SHAPE = (1, 3, 4, 6, 6)   # [B, F, C, H, W], tiny
 TOL = 1e-5
 
-# The released CogVideoX-5b scheduler_config.json (reference_mvdit7b.md §6, "Scheduler").
+# The released CogVideoX-5b scheduler_config.json (docs/reference/mvdit7b.md §6, "Scheduler").
 COG_KW = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
               beta_schedule="scaled_linear", prediction_type="v_prediction",
               rescale_betas_zero_snr=True, snr_shift_scale=1.0, timestep_spacing="trailing",

@@ -8,7 +8,7 @@ import pytest
 from conftest import load_config
 from mtvjax.data.synthetic_motion import SyntheticMotionSource
 from mtvjax.evaluate.tokenizer_eval import evaluate
-from mtvjax.train import fourdmot_step as steps
+from mtvjax.models.fourdmot import forward
 from mtvjax.train.fourdmot_trainer import train
 
 MOTION = jnp.asarray(SyntheticMotionSource(2, (33, 33), seed=4)[0].motion[None])
@@ -17,27 +17,27 @@ STATS = {"mean": jnp.asarray(MOTION[0].mean(0)), "std": jnp.asarray(MOTION[0].st
 
 @pytest.mark.parametrize("differential", [False, True])
 def test_differential_motion_zeroes_the_first_frame_and_inverts(differential):
-    sw = steps.Switches(differential=differential)
-    x, first = steps.model_input(MOTION, STATS, sw)
+    sw = forward.Switches(differential=differential)
+    x, first = forward.model_input(MOTION, STATS, sw)
     assert bool(jnp.all(x[:, 0] == 0)) == differential
-    np.testing.assert_allclose(steps.model_output_mm(x, first, STATS, sw), MOTION, rtol=1e-5,
+    np.testing.assert_allclose(forward.model_output_mm(x, first, STATS, sw), MOTION, rtol=1e-5,
                                atol=1e-2)
 
 
 def test_depth_is_dropped_for_3d_quantisation():
-    sw = steps.Switches(coord_dim=2)
-    x, first = steps.model_input(MOTION, STATS, sw)
+    sw = forward.Switches(coord_dim=2)
+    x, first = forward.model_input(MOTION, STATS, sw)
     assert x.shape[-1] == 2
-    np.testing.assert_allclose(steps.model_output_mm(x, first, STATS, sw), MOTION[..., :2],
+    np.testing.assert_allclose(forward.model_output_mm(x, first, STATS, sw), MOTION[..., :2],
                                rtol=1e-5, atol=1e-2)
 
 
 def test_quantizer_bypass_passes_continuous_tokens():
     z = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 24, 8))
-    q, idx, commit = steps.quantize_tokens(jnp.zeros((4, 8)), z, steps.Switches(quantize=False))
+    q, idx, commit = forward.quantize_tokens(jnp.zeros((4, 8)), z, forward.Switches(quantize=False))
     np.testing.assert_array_equal(q, z)
     assert bool(jnp.all(idx == -1)) and float(commit) == 0.0
-    q, idx, _ = steps.quantize_tokens(jnp.zeros((4, 8)), z, steps.Switches(quantize=True))
+    q, idx, _ = forward.quantize_tokens(jnp.zeros((4, 8)), z, forward.Switches(quantize=True))
     assert bool(jnp.all(q == 0)) and bool(jnp.all(idx >= 0))
 
 

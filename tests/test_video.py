@@ -6,8 +6,8 @@ import pytest
 
 from conftest import REPO_ROOT
 from data_pipeline.build import build
-from data_pipeline.readers.video import (BUCKETS_512, clip_frames, cover_size, crop_offset, decode_frames,
-                                 nearest_bucket, scale_buckets, video_info)
+from data_pipeline.readers.video import clip_frames, cover_size, crop_offset, decode_frames, video_info
+from mtvjax.data.buckets import BUCKETS_512, nearest_bucket, scale_buckets
 from mtvjax.config import load_config
 from mtvjax.data.safe_pickle import load_pickle
 from mtvjax.data.shard_source import ShardSource

@@ -22,7 +22,8 @@ from flax import traverse_util
 
 from mtvjax.evaluate.feature_nets import convert as cfn
 from mtvjax.checkpoint.conversion import ConversionError
-from mtvjax.evaluate.feature_nets import nets as fn
+from mtvjax.evaluate.feature_nets import layers as fl
+from mtvjax.evaluate.feature_nets import registry as fn
 from mtvjax.evaluate import video_metrics as vm
 
 torch.set_num_threads(2)
@@ -521,8 +522,8 @@ def test_resize_matches_torch_interpolate():
     for size in ((29, 7), (5, 40), (13, 21), (75, 75)):
         ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=size, mode="bilinear",
                             align_corners=False).permute(0, 2, 3, 1).numpy()
-        np.testing.assert_allclose(fn.resize_bilinear(x, size), ref, atol=1e-5)
-        np.testing.assert_allclose(np.asarray(jax.jit(fn.resize_bilinear, static_argnums=1)(
+        np.testing.assert_allclose(fl.resize_bilinear(x, size), ref, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(jax.jit(fl.resize_bilinear, static_argnums=1)(
             jnp.asarray(x), size)), ref, atol=1e-5)
 
 

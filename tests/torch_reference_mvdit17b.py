@@ -1,4 +1,4 @@
-"""Independent PyTorch reference of the released MV-DiT-17B transformer (reference_mvdit17b.md).
+"""Independent PyTorch reference of the released MV-DiT-17B transformer (docs/reference/mvdit17b.md).
 
 Written from the document alone, in float32 (float64 where the released model uses it: the time
 sinusoid and the complex vision RoPE). Module and parameter names reproduce the released state

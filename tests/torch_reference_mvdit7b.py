@@ -1,5 +1,5 @@
 """Independent PyTorch model of the released MV-DiT-7B transformer, written from
-docs/reference_mvdit7b.md (no diffusers, no mtvjax code).
+docs/reference/mvdit7b.md (no diffusers, no mtvjax code).
 
 Test helper, not a test. `state_dict()` keys are exactly the released names (§2), in torch's
 order. Inputs follow the released forward: hidden_states `[B, F, C_in, H, W]`, timestep `[B]`,
@@ -227,7 +227,7 @@ class ReferenceMVDiT7B(nn.Module):
 
 
 def released_keys(num_layers: int) -> list[str]:
-    """The released state-dict names in torch's order (reference_mvdit7b.md §2)."""
+    """The released state-dict names in torch's order (docs/reference/mvdit7b.md §2)."""
     def attn(prefix):
         return ([f"{prefix}.{n}.{w}" for n in ("norm_q", "norm_k") for w in ("weight", "bias")]
                 + [f"{prefix}.{n}.{w}" for n in ("to_q", "to_k", "to_v", "to_out.0")

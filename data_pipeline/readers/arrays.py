@@ -12,7 +12,9 @@ import zipfile
 
 import numpy as np
 
-from data_pipeline.readers.record import MotionFormatError, MotionRecord, make_record
+from mtvjax.data.motion_files import MotionFormatError
+
+from data_pipeline.readers.ingested_record import MotionRecord, make_record
 
 MOTION_KEYS = ("joints", "motion", "pose")
 DEFAULT_FPS = 30.0

@@ -20,11 +20,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mtvjax.data.motion_files import MotionFormatError
+from mtvjax.data.resample import resample_linear, snap_fps
 from mtvjax.data.skeleton import JOINT_NAMES, NUM_JOINTS
 
+from data_pipeline.readers.ingested_record import MotionRecord, make_record
 from data_pipeline.readers.placement import place_in_camera
-from data_pipeline.readers.record import MotionFormatError, MotionRecord, make_record
-from mtvjax.data.resample import resample_linear, snap_fps
 
 # The Reallusion CC_Base rig joints standing in for the 24 SMPL joints, in SMPL order.
 CC_BASE_JOINT_MAP = (

@@ -20,10 +20,12 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
+from mtvjax.data.motion_files import MotionFormatError
+
 from data_pipeline.readers.arrays import load_joint_array
 from data_pipeline.readers.bvh import load_bvh
+from data_pipeline.readers.ingested_record import MotionRecord
 from data_pipeline.readers.nlf import load_nlf_pickle
-from data_pipeline.readers.record import MotionFormatError, MotionRecord
 from data_pipeline.readers.smpl_params import is_smpl_params, load_smpl_params
 
 SUFFIXES = (".pkl", ".pickle", ".npy", ".npz", ".bvh")

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mtvjax.data.motion_files import MotionFormatError
 from mtvjax.data.safe_pickle import load_pickle
 from mtvjax.data.skeleton import NUM_JOINTS
 
-from data_pipeline.readers.record import MotionFormatError, MotionRecord, make_record
+from data_pipeline.readers.ingested_record import MotionRecord, make_record
 
 DEFAULT_FPS = 30.0
 POSE_KEY = "joints3d_nonparam"

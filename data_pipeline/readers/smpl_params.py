@@ -22,12 +22,13 @@ import zipfile
 
 import numpy as np
 
+from mtvjax.data.motion_files import MotionFormatError
+from mtvjax.data.resample import resample_linear
 from mtvjax.data.skeleton import (NEUTRAL_REST_JOINTS, NUM_JOINTS, PARENTS, axis_angle_to_matrix,
                                   forward_kinematics)
 
+from data_pipeline.readers.ingested_record import MotionRecord, make_record
 from data_pipeline.readers.placement import place_in_camera
-from data_pipeline.readers.record import MotionFormatError, MotionRecord, make_record
-from mtvjax.data.resample import resample_linear
 
 DEFAULT_FPS = 30.0
 FPS_KEYS = ("mocap_framerate", "mocap_frame_rate", "fps")

@@ -1,12 +1,11 @@
 """Video frames of motion-video records: decode, resize and crop to MV-DiT's resolution buckets.
 
-Buckets are the (height, width) sizes MV-DiT trains and samples at: the 512-class table of 40
-sizes from 256 x 1024 to 1024 x 256, all multiples of 32, each under its rounded h/w ratio. A
-clip goes to the bucket whose ratio is nearest the video's; every frame is resized (bilinear,
-FFmpeg's swscale through PyAV) to the smallest size that covers the bucket, then cropped to it at
-one offset per clip drawn from a generator seeded by the build seed and the clip's key, so a
-rebuild gives the same pixels. `scale_buckets` shrinks the table for small tests or a low-res
-stage (the base must be a multiple of 16).
+Buckets are the (height, width) sizes MV-DiT trains and samples at (`mtvjax.data.buckets`: the
+512-class table, `scale_buckets` for small tests or a low-res stage). A clip goes to the bucket
+whose ratio is nearest the video's; every frame is resized (bilinear, FFmpeg's swscale through
+PyAV) to the smallest size that covers the bucket, then cropped to it at one offset per clip
+drawn from a generator seeded by the build seed and the clip's key, so a rebuild gives the same
+pixels.
 
 VAE latents: DiT training should read latents, not decode pixels. The video VAEs exist
 (`mtvjax.models.vae.cogvideox.model`, `vae_wan`), but encoding these clips into latent records is not
@@ -24,7 +23,7 @@ import hashlib
 import av
 import numpy as np
 
-from mtvjax.sample.reference_image import BUCKETS_512  # the 17B pipeline's bucket table
+from mtvjax.data.buckets import nearest_bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,20 +32,6 @@ class VideoInfo:
     height: int
     width: int
     fps: float
-
-
-def scale_buckets(base: int, buckets=BUCKETS_512) -> tuple:
-    """The bucket table for a `base` x `base` class instead of 512 x 512 (same ratios)."""
-    if base <= 0 or base % 16:
-        raise ValueError(f"bucket base resolution must be a positive multiple of 16, got {base}")
-    return tuple((ratio, h * base // 512, w * base // 512) for ratio, h, w in buckets)
-
-
-def nearest_bucket(height: int, width: int, buckets=BUCKETS_512) -> tuple[int, int]:
-    """(height, width) of the bucket whose ratio is nearest `height / width` (first on ties)."""
-    ratio = height / width
-    _, h, w = min(buckets, key=lambda b: abs(b[0] - ratio))
-    return h, w
 
 
 def cover_size(height: int, width: int, bucket: tuple[int, int]) -> tuple[int, int]:

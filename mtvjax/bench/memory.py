@@ -103,7 +103,9 @@ def analyse(config, mesh_sizes: dict, frames: int, height: int, width: int,
     import numpy as np
 
     from mtvjax.data.latent_records import latent_frames_for
-    from mtvjax.parallel.mesh import make_mesh, named_sharding, replicated
+    from mtvjax.models.mvdit import registry
+    from mtvjax.parallel.mesh import make_mesh
+    from mtvjax.parallel.sharding import abstract_sharded, named_sharding, replicated
     from mtvjax.train import mvdit_step as steps
     from mtvjax.train.mvdit_trainer import fit_config
 
@@ -116,12 +118,13 @@ def analyse(config, mesh_sizes: dict, frames: int, height: int, width: int,
     model = steps.build_model(config)
     tx = steps.make_optimizer(config)
     init = functools.partial(steps.init_state, config, model, tx)
-    state = steps.abstract_sharded(init, mesh, rules, jax.random.PRNGKey(0))
+    state = abstract_sharded(init, mesh, rules, jax.random.PRNGKey(0))
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     global_batch = batch_per_device * mesh_sizes["data"] * mesh_sizes["fsdp"]
-    wan = steps.family(config) == "wan"
+    fam = registry.of(config)
     batch = steps.abstract_batch(config, global_batch, f, h, w,
-                                 text_rows=512 if wan else 0, image_tokens=257 if wan else 0)
+                                 text_rows=512 if fam.HAS_TEXT else 0,
+                                 image_tokens=257 if fam.HAS_IMAGE else 0)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=named_sharding(
         mesh, (None, "batch") + (None,) * (len(v.shape) - 2), rules)) for k, v in batch.items()}
     step_fn = steps.make_train_step(config, model, tx)
@@ -172,6 +175,7 @@ def main(argv=None):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
     from mtvjax.config import load_config
+    from mtvjax.models.mvdit import registry
     spec = args.config if os.path.isfile(args.config.partition(":")[0]) else args.config
     rows = []
     print(f"{spec}  mesh {sizes}  {args.frames} frames {args.height}x{args.width}  "
@@ -184,10 +188,7 @@ def main(argv=None):
         config.remat = remat
         if args.dtype:
             config.train.dtype = args.dtype
-        if config.model.family == "cogvideox":
-            config.model.attention_implementation = "chunked_remat"
-        else:
-            config.model.attention = "chunked_remat"
+        config.model[registry.of(config).ATTENTION_FIELD] = "chunked_remat"
         r = analyse(config, sizes, args.frames, args.height, args.width, args.batch_per_device,
                     args.attention_chunk)
         rows.append((remat, r))

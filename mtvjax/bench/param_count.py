@@ -16,21 +16,17 @@ import numpy as np
 from flax import traverse_util
 
 from mtvjax.config import load_config
-from mtvjax.models.mvdit.cogvideox import model as mv
-from mtvjax.models.mvdit.wan import model as mvdit_wan
+from mtvjax.models.mvdit import registry
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "mvdit.py"
 
 
 def count(variant: str) -> dict:
     config = load_config(f"{CONFIG}:{variant}")
-    if config.model.family == "wan":
-        params = mvdit_wan.param_shapes(mvdit_wan.wan_config(config))
-        counts = mvdit_wan.param_counts(mvdit_wan.wan_config(config))
-        total, tensors, trainable = counts["total"], counts["tensors_released"], counts["trainable"]
-    else:
-        params = mv.abstract_params(mv.from_config(config))
-        (total, tensors), trainable = mv.param_count(params), None
+    fam = registry.of(config)
+    params = fam.abstract_params(config)
+    counts = fam.param_counts(config)
+    total, tensors, trainable = counts["total"], counts["tensors_released"], counts["trainable"]
     modules = defaultdict(int)
     for path, leaf in traverse_util.flatten_dict(params).items():
         size = int(np.prod(leaf.shape))

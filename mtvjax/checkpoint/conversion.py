@@ -13,6 +13,10 @@ Sources (`TensorSource.open`):
     `*.safetensors` / `*.bin` / `*.pt` file; a diffusers pipeline folder's `transformer/` too;
   * a torch file (`.pt`, `.bin`, `.pth`), read with `torch.load(weights_only=True, mmap=True)`
     (state dict, or a dict holding one under `module` / `state_dict`).
+`TensorSource.merged_safetensors` / `open_torch` open those explicitly (for converters whose
+folder rules differ); `view`, `renamed` and `strip_prefix` give the same tensors under other names
+(`describe` still quotes the file's key). Writing and reading the converted checkpoints:
+`mtvjax.checkpoint.converted`.
 """
 from __future__ import annotations
 
@@ -60,6 +64,18 @@ def format_keys(keys: Iterable[str], limit: int = 20) -> str:
     keys = list(keys)
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def folder_config(path) -> dict | None:
+    """The `config.json` in folder `path` (or next to file `path`), if any."""
+    path = Path(path)
+    file = (path if path.is_dir() else path.parent) / "config.json"
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except ValueError as e:
+        raise ConversionError(file, f"invalid JSON ({e})") from e
 
 
 def _slot_name(path: tuple, index: int | None) -> str:
@@ -154,20 +170,47 @@ def _to_numpy(t) -> np.ndarray:
     return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
 
 
+def strip_prefix(source: "TensorSource", prefixes: Sequence[str]) -> "TensorSource":
+    """The same tensors without the first of `prefixes` that every key carries (if any)."""
+    keys = list(source.keys())
+    for prefix in prefixes:
+        if keys and all(k.startswith(prefix) for k in keys):
+            return source.renamed({k: k[len(prefix):] for k in keys})
+    return source
+
+
 class TensorSource:
     """Shapes of every tensor without reading them; `get(key)` reads one tensor (float32)."""
 
-    def __init__(self, path, shapes: dict, getters: dict, closers=()):
+    def __init__(self, path, shapes: dict, getters: dict, closers=(), file_keys=None):
         self.path = path
         self.shapes = shapes
         self._getters = getters
         self._closers = list(closers)
+        self._file_keys = file_keys or {}   # {key: the file's key} where a view renamed it
 
     def keys(self):
         return self.shapes.keys()
 
     def get(self, key: str) -> np.ndarray:
         return _to_numpy(self._getters[key]())
+
+    def view(self, shapes: dict, getters: dict) -> "TensorSource":
+        """Other tensors (`getters` may read this source's) under this source's path; closing
+        the view closes this source."""
+        return TensorSource(self.path, shapes, getters, [self.close])
+
+    def renamed(self, names: dict) -> "TensorSource":
+        """The same tensors under new names (`{old: new}`); `describe` still shows file keys."""
+        view = self.view({names[k]: v for k, v in self.shapes.items()},
+                         {names[k]: (lambda k=k: self.get(k)) for k in self.shapes})
+        view._file_keys = {new: self._file_keys.get(old, old) for old, new in names.items()
+                           if self._file_keys.get(old, old) != new}
+        return view
+
+    def describe(self, key: str) -> str:
+        """`key`, with the file's key when a rename changed it (for error messages)."""
+        return f"{key} (file key {self._file_keys[key]})" if key in self._file_keys else key
 
     def close(self):
         for c in self._closers:
@@ -192,8 +235,8 @@ class TensorSource:
         if path.name.endswith(".index.json"):
             return cls._open_index(path)
         if path.suffix == SAFETENSORS_SUFFIX:
-            return cls._open_safetensors([path], path)
-        return cls._open_torch(path)
+            return cls.merged_safetensors([path], path)
+        return cls.open_torch(path)
 
     @classmethod
     def _open_folder(cls, folder: Path) -> "TensorSource":
@@ -225,7 +268,7 @@ class TensorSource:
         absent = [f.name for f in files if not f.is_file()]
         if absent:
             raise ConversionError(index, f"shard files listed but not found: {format_keys(absent)}")
-        source = cls._open_safetensors(files, index)
+        source = cls.merged_safetensors(files, index)
         where = {k: v for k, v in source._where.items()}
         wrong = sorted(k for k, f in weight_map.items() if where.get(k) != (index.parent / f))
         unlisted = sorted(set(where) - set(weight_map))
@@ -240,7 +283,8 @@ class TensorSource:
         return source
 
     @classmethod
-    def _open_safetensors(cls, files: Sequence[Path], label) -> "TensorSource":
+    def merged_safetensors(cls, files: Sequence[Path], label) -> "TensorSource":
+        """Several safetensors files seen as one source (a key in two files is an error)."""
         from safetensors import safe_open
         framework = "pt" if _torch() is not None else "numpy"
         shapes, getters, closers, where = {}, {}, [], {}
@@ -267,7 +311,10 @@ class TensorSource:
         return source
 
     @classmethod
-    def _open_torch(cls, path: Path) -> "TensorSource":
+    def open_torch(cls, path, wrappers: Sequence[str] = WRAPPER_KEYS) -> "TensorSource":
+        """A torch state-dict file; a dict holding the state dict under one of `wrappers` is
+        unwrapped."""
+        path = Path(path)
         torch = _torch()
         if torch is None:
             raise ConversionError(path, "reading torch files needs torch")
@@ -279,7 +326,7 @@ class TensorSource:
         except Exception as e:  # noqa: BLE001
             raise ConversionError(path, f"cannot be read by torch.load(weights_only=True) "
                                   f"({type(e).__name__}: {e})") from e
-        for key in WRAPPER_KEYS:
+        for key in wrappers:
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break

@@ -15,12 +15,13 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def _manager(directory, keep: int | None, create: bool) -> ocp.CheckpointManager:
+def _manager(directory, keep: int | None, create: bool,
+             state_handler: ocp.CheckpointHandler | None = None) -> ocp.CheckpointManager:
     directory = str(directory)
     return ocp.CheckpointManager(
         directory if "://" in directory else os.path.abspath(directory),   # gs://... as is
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
+        item_handlers={"state": state_handler or ocp.StandardCheckpointHandler(),
                        "data": grain.checkpoint.CheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
 
@@ -66,6 +67,18 @@ def read_config(directory: str, step: int | None = None) -> tuple[dict, int]:
     config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     manager.close()
     return config, step
+
+
+def restore_entries(directory: str, step: int, abstract: dict) -> dict:
+    """Only the top-level entries of a saved `state` that `abstract` names (e.g. the parameters
+    without the optimiser state), restored into its structure/shardings."""
+    manager = _manager(directory, None, create=False, state_handler=ocp.PyTreeCheckpointHandler())
+    restore = ocp.args.PyTreeRestore(
+        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=True)
+    restored = manager.restore(step, args=ocp.args.Composite(state=restore))["state"]
+    manager.close()
+    return restored
 
 
 def abstract_like(tree, sharding=None):

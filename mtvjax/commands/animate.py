@@ -10,6 +10,8 @@ from __future__ import annotations
 from absl import flags, logging
 from ml_collections import config_flags
 
+from mtvjax.models.mvdit import registry
+
 config_flags.DEFINE_config_file("config", None, "Animate config: configs/animate.py:7b or :17b.")
 flags.DEFINE_string("ref-image", None, "Reference character image (PNG/JPEG/...).")
 flags.DEFINE_string("motion", None, "Driving motion: .pkl (MTVCrafter/NLF), .npy/.npz "
@@ -48,7 +50,7 @@ def apply_flags(config) -> None:
         value = FLAGS[flag].value
         if value is None:
             continue
-        if flag == "prompt" and config.family != "wan":
+        if flag == "prompt" and not registry.family(config.family).HAS_TEXT:
             raise ValueError("--prompt: the 7B has no text input (use configs/animate.py:17b)")
         node = config
         for part in path[:-1]:

@@ -48,7 +48,7 @@ def _variant(model: str):
 
 
 def convert_4dmot():
-    from mtvjax.models.fourdmot.convert import convert_4dmot as convert
+    from mtvjax.train.fourdmot_released import convert_4dmot as convert
     if not (FLAGS.mean and FLAGS.std):
         raise ValueError("4dmot needs --mean and --std (the released normalisation statistics)")
     s = convert(FLAGS.src, FLAGS.dst, FLAGS.mean, FLAGS.std, _variant("4dmot"))

@@ -13,6 +13,14 @@ config_flags.DEFINE_config_file("config", None, "Evaluation config, e.g. "
 FLAGS = flags.FLAGS
 
 
+def read_motion_files(path: str):
+    """(name, motion) clips of every motion file under `path` (all the formats the data pipeline
+    reads), and one message per unreadable file."""
+    from data_pipeline.readers.ingest import scan_inputs
+    records, errors = scan_inputs(path)
+    return [(r.source_id, r.motion) for r in records], [f"{e.path}: {e.message}" for e in errors]
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
@@ -27,7 +35,7 @@ def main(argv):
     else:
         from mtvjax.evaluate.tokenizer_eval import evaluate, format_table, write_report
     try:
-        report = evaluate(config)
+        report = evaluate(config) if video else evaluate(config, read_files=read_motion_files)
     except (OSError, ValueError) as e:
         raise SystemExit(f"mtvjax eval: {e}") from e
     if config.report:

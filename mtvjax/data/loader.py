@@ -148,6 +148,17 @@ def _grouped_batches(groups: Sequence, batch_size: int, seed: int) -> grain.MapD
     return streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, [len(m) for m in members])
 
 
+def index_batches(size: int, batch_size: int, seed: int,
+                  groups: Sequence | None = None) -> grain.MapDataset:
+    """Endless global batches of indices into a `size`-item source: one seeded shuffle per pass
+    (a batch may span two passes), or with `groups` (one key per item) every batch drawn within
+    one group."""
+    if groups is None:
+        ds = grain.MapDataset.range(size).shuffle(seed=seed).repeat(None)
+        return ds.batch(batch_size, drop_remainder=True)
+    return _grouped_batches(groups, batch_size, seed)
+
+
 def make_batches(source, batch_size: int, frame_counts: Sequence[int], strides: Sequence[int],
                  seed: int, scale_aug: float = 0.0, shift_aug: float = 0.0,
                  process_index: int = 0, process_count: int = 1,
@@ -161,11 +172,7 @@ def make_batches(source, batch_size: int, frame_counts: Sequence[int], strides: 
     """
     if batch_size % process_count:
         raise ValueError(f"global batch {batch_size} does not divide over {process_count} processes")
-    if groups is None:
-        ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
-        ds = ds.batch(batch_size, drop_remainder=True)
-    else:
-        ds = _grouped_batches(groups, batch_size, seed)
+    ds = index_batches(len(source), batch_size, seed, groups)
     builder = MotionBatchBuilder(source, tuple(frame_counts), tuple(strides), scale_aug, shift_aug,
                                  process_index, process_count)
     return ds.random_map(builder, seed=seed)

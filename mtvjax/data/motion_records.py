@@ -5,8 +5,9 @@ clip's stable name within its dataset), `source_id`, `fps`, `convention`, `video
 `video_frames`, and the arrays `motion` (float32 `[frames, 24, 3]`, camera-space mm),
 `frame_indices` (int64 `[frames]`, the video frame of each motion frame) and `confidence`
 (float32 `[frames, 24]`). Absent values are nil. An array is a map `{dtype, shape, data}` with
-an explicit little-endian dtype and its raw bytes, so encoding is deterministic: equal records
-give equal bytes. Decoding checks the schema version, the dtypes and the shapes.
+an explicit little-endian dtype and its raw bytes (`mtvjax.data.record_codec`), so encoding is
+deterministic: equal records give equal bytes. Decoding checks the schema version, the dtypes
+and the shapes.
 
 Stored video frames live outside the record, one frame per record of the split's frame shards
 (so a training window reads only its own frames): `video_frames` is then
@@ -16,9 +17,9 @@ position of the clip's first frame in those shards (one frame per motion frame, 
 """
 from __future__ import annotations
 
-import msgpack
 import numpy as np
 
+from mtvjax.data.record_codec import pack_array, pack_record, unpack_array, unpack_record
 from mtvjax.data.skeleton import NUM_JOINTS
 
 SCHEMA_VERSION = 1
@@ -30,28 +31,6 @@ _SCALARS = ("key", "source_id", "fps", "convention", "video_path", "video_frames
 
 class RecordSchemaError(ValueError):
     """Bytes that are not a record of this schema version."""
-
-
-def _pack_array(value, dtype: str):
-    if value is None:
-        return None
-    arr = np.ascontiguousarray(np.asarray(value).astype(dtype, copy=False))
-    return {"dtype": dtype, "shape": list(arr.shape), "data": arr.tobytes()}
-
-
-def _unpack_array(name: str, packed, dtype: str):
-    if packed is None:
-        return None
-    if not isinstance(packed, dict) or set(packed) != {"dtype", "shape", "data"}:
-        raise RecordSchemaError(f"field {name!r} is not an encoded array")
-    if packed["dtype"] != dtype:
-        raise RecordSchemaError(f"field {name!r} has dtype {packed['dtype']}, expected {dtype}")
-    shape = tuple(int(s) for s in packed["shape"])
-    arr = np.frombuffer(packed["data"], dtype=np.dtype(dtype))
-    if arr.size != int(np.prod(shape)):
-        raise RecordSchemaError(f"field {name!r} holds {arr.size} values, shape {list(shape)} needs "
-                                f"{int(np.prod(shape))}")
-    return arr.reshape(shape)
 
 
 def _check_fields(rec: dict) -> None:
@@ -88,25 +67,17 @@ def encode_record(*, key: str, source_id: str, motion, fps: float, convention: s
            "video_frames": video_frames}
     arrays = {"motion": motion, "frame_indices": frame_indices, "confidence": confidence}
     _check_fields({**rec, **{k: None if v is None else np.asarray(v) for k, v in arrays.items()}})
-    rec.update({name: _pack_array(arrays[name], dtype) for name, dtype in _ARRAYS.items()})
-    return msgpack.packb(rec, use_bin_type=True)
+    rec.update({name: pack_array(arrays[name], dtype) for name, dtype in _ARRAYS.items()})
+    return pack_record(rec)
 
 
 def decode_record(data: bytes) -> dict:
     """The fields of a record as a dict (arrays are read-only views of `data`)."""
-    try:
-        raw = msgpack.unpackb(data, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise RecordSchemaError(f"not a msgpack record ({e})") from None
-    if not isinstance(raw, dict) or "schema" not in raw:
-        raise RecordSchemaError("not a motion record (no schema version)")
-    if raw["schema"] != SCHEMA_VERSION:
-        raise RecordSchemaError(f"record schema version {raw['schema']}, this reader knows "
-                                f"{SCHEMA_VERSION}; rebuild the shards with this version")
-    missing = sorted((set(_SCALARS) | set(_ARRAYS)) - set(raw))
-    if missing:
-        raise RecordSchemaError(f"record lacks fields {missing}")
+    raw = unpack_record(data, SCHEMA_VERSION, (*_SCALARS, *_ARRAYS), RecordSchemaError,
+                        what="motion record",
+                        hint="; rebuild the shards with this version")
     rec = {name: raw[name] for name in _SCALARS}
-    rec.update({name: _unpack_array(name, raw[name], dtype) for name, dtype in _ARRAYS.items()})
+    rec.update({name: unpack_array(f"field {name!r}", raw[name], (dtype,), RecordSchemaError)
+                for name, dtype in _ARRAYS.items()})
     _check_fields(rec)
     return rec

@@ -146,7 +146,7 @@ def cogvideox_ddim(num_inference_steps: int = 50,
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CogVideoXDPMSampler:
-    """`CogVideoXDPMScheduler` as the released 7B pipeline drives it (reference_mvdit7b.md §6).
+    """`CogVideoXDPMScheduler` as the released 7B pipeline drives it (docs/reference/mvdit7b.md §6).
 
     Stochastic DPM-Solver++(2M): fresh Gaussian noise at every step (η is ignored); the previous
     step's x0 is carried; steps whose prev_t < 0 (the last) and the first step are first order.
@@ -244,7 +244,7 @@ class FlowEulerSampler:
 
 def flow_euler(num_inference_steps: int = 10, cfg: S.FlowMatchConfig = S.WAN_17B_FLOW
                ) -> FlowEulerSampler:
-    """10 steps is the default (FusionX LoRA) 17B run, 50 the no-LoRA one (reference §6.2)."""
+    """10 steps: default 17B run (FusionX LoRA); 50: no LoRA (docs/reference/mvdit17b.md §6.2)."""
     sig, ts = S.flow_match_sigmas(num_inference_steps, cfg)
     dt = (sig[1:] - sig[:-1]).astype(np.float32)
     return FlowEulerSampler(num_inference_steps, ts, sig, dt)

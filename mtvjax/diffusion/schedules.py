@@ -3,11 +3,11 @@
 Everything here is computed once, outside any `jit`, in the precision the released (diffusers
 0.33.1) schedulers use, so the tables are bit-for-bit what those schedulers hold:
 
-* CogVideoX (MV-DiT-7B, v-prediction), reference_mvdit7b.md §6 "Scheduler" / "Scheduler maths":
+* CogVideoX (MV-DiT-7B, v-prediction), docs/reference/mvdit7b.md §6 "Scheduler" / "Scheduler maths":
   scaled-linear betas 0.00085 → 0.012 over 1000 steps in float64, ᾱ ← ᾱ / (s + (1 − s)·ᾱ) with
   s = snr_shift_scale (1.0 in the released config, so the shift is the identity), the
   zero-terminal-SNR rescale, and "trailing" timestep spacing (50 steps: 999, 979, …, 19).
-* Wan flow matching (MV-DiT-17B), reference_mvdit17b.md §6.6 "Scheduler": the 1000 training
+* Wan flow matching (MV-DiT-17B), docs/reference/mvdit17b.md §6.6 "Scheduler": the 1000 training
   sigmas shifted once at construction (float32), then `linspace(σ_max, σ_min, N)` shifted *again*
   (float64 → float32), a terminal 0 appended, model timesteps t = σ·1000 in float32.
   shift = 5.0, static (no resolution-dependent μ).
@@ -38,7 +38,7 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class CogVideoXScheduleConfig:
-    """Scheduler settings of `THUDM/CogVideoX-5b/scheduler` (reference_mvdit7b.md §6).
+    """Scheduler settings of `THUDM/CogVideoX-5b/scheduler` (docs/reference/mvdit7b.md §6).
 
     The defaults are the released (public-config) values, not the diffusers class defaults
     (epsilon, leading spacing, snr_shift_scale 3.0, no rescale), which that file overrides.
@@ -128,7 +128,7 @@ def spaced_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000,
 
 @dataclasses.dataclass(frozen=True)
 class FlowMatchConfig:
-    """`FlowMatchEulerDiscreteScheduler` settings of infer_17b (reference_mvdit17b.md §6.6)."""
+    """`FlowMatchEulerDiscreteScheduler` settings of infer_17b (docs/reference/mvdit17b.md §6.6)."""
 
     num_train_timesteps: int = 1000
     shift: float = 5.0

@@ -3,11 +3,16 @@
 For every dataset in the config: read the clips, cut them into segments, tokenise and decode
 with the checkpoint, and compute the configured metrics over all segments. The report is a dict
 (written as JSON) with one entry per dataset; `format_table` renders it for a terminal.
+
+Datasets of `source="files"` are users' motion files, which only the data pipeline's readers
+(`data_pipeline.readers`, a layer above this one) understand in all their formats: the caller
+passes `read_files(path) -> (clips, errors)`; `mtvjax eval` passes those readers.
 """
 from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -15,6 +20,9 @@ from mtvjax.data.skeleton import JOINT_NAMES
 from mtvjax.data.synthetic_motion import SyntheticMotionSource
 from mtvjax.evaluate import metrics as M
 from mtvjax.models.fourdmot.tokenizer import Tokenizer, segment_motion
+
+Clips = list[tuple[str, np.ndarray]]             # (name, [T, 24, 3] motion in mm)
+FileReader = Callable[[str], tuple[Clips, list[str]]]  # path -> (clips, unreadable-file errors)
 
 # Metrics of reconstructed vs input motion, each a pure function of ([N, T, 24, 3] x2).
 MOTION_METRICS = {
@@ -25,20 +33,22 @@ MOTION_METRICS = {
 }
 
 
-def read_dataset(spec) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
+def read_dataset(spec, read_files: FileReader | None = None) -> tuple[Clips, list[str]]:
     """(name, motion) clips of one dataset spec, and the errors of files that were skipped."""
     if spec["source"] == "synthetic":
         source = SyntheticMotionSource(spec.get("sequences", 32))
         return [(source[i].name, source[i].motion) for i in range(len(source))], []
     if spec["source"] == "files":
-        from data_pipeline.readers.ingest import scan_inputs
-        records, errors = scan_inputs(spec["path"])
-        return [(r.source_id, r.motion) for r in records], [f"{e.path}: {e.message}" for e in errors]
+        if read_files is None:
+            raise ValueError(f"dataset {spec['name']}: source 'files' needs a motion file reader "
+                             "(evaluate(config, read_files=...); `mtvjax eval` passes one)")
+        return read_files(spec["path"])
     raise ValueError(f"dataset {spec['name']}: unknown source {spec['source']!r} (files, synthetic)")
 
 
-def evaluate_dataset(tokenizer: Tokenizer, spec, frames: int, stride: int, metric_names) -> dict:
-    clips, errors = read_dataset(spec)
+def evaluate_dataset(tokenizer: Tokenizer, spec, frames: int, stride: int, metric_names,
+                     read_files: FileReader | None = None) -> dict:
+    clips, errors = read_dataset(spec, read_files)
     segments, too_short = [], []
     for name, motion in clips:
         try:
@@ -70,7 +80,8 @@ def evaluate_dataset(tokenizer: Tokenizer, spec, frames: int, stride: int, metri
     return report
 
 
-def evaluate(config) -> dict:
+def evaluate(config, read_files: FileReader | None = None) -> dict:
+    """The report of `config`'s checkpoint on its datasets; `read_files` reads `files` datasets."""
     if not config.checkpoint:
         raise ValueError("no checkpoint: pass --config.checkpoint=DIR")
     tokenizer = Tokenizer(config.checkpoint, batch_size=config.batch_size)
@@ -79,7 +90,7 @@ def evaluate(config) -> dict:
               "frames": config.frames, "stride": config.stride, "datasets": {}}
     for spec in config.datasets:
         report["datasets"][spec["name"]] = evaluate_dataset(
-            tokenizer, spec, config.frames, config.stride, tuple(config.metrics))
+            tokenizer, spec, config.frames, config.stride, tuple(config.metrics), read_files)
     return report
 
 

@@ -35,11 +35,11 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mtvjax.evaluate import video_metrics as vm
-from mtvjax.evaluate.feature_nets.nets import load_feature_net, resize_bilinear
+from mtvjax.evaluate.feature_nets.layers import resize_bilinear
+from mtvjax.evaluate.feature_nets.registry import load_feature_net
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "fvd", "fid_vid")
 NET_OF_METRIC = {"lpips": "lpips", "fid": "inception", "fvd": "i3d", "fid_vid": "i3d"}

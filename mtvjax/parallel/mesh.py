@@ -1,8 +1,7 @@
-"""Device meshes from a config, and shardings from logical axis names.
+"""Device meshes from a config.
 
-`config.mesh` maps mesh-axis names to sizes (-1: all remaining devices); `config.sharding_rules`
-is the table logical axis name → mesh axis (or None), declared once per config. Code names
-logical axes (`batch`, `embed`, ...) and never mesh axes.
+`config.mesh` maps mesh-axis names to sizes (-1: all remaining devices). Which logical axis goes
+to which mesh axis is `config.sharding_rules`, interpreted by `mtvjax.parallel.sharding`.
 """
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from typing import Mapping, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 
 def mesh_shape(axes: Mapping[str, int], num_devices: int) -> dict[str, int]:
@@ -34,19 +33,3 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(axes, len(devices))
     return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), tuple(sizes.keys()))
-
-
-def logical_to_spec(logical_axes: Sequence[str | None],
-                    rules: Sequence[tuple[str, str | None]]) -> PartitionSpec:
-    """PartitionSpec for an array whose dimensions carry these logical names."""
-    table = dict(rules)
-    return PartitionSpec(*(table.get(name) if name else None for name in logical_axes))
-
-
-def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None],
-                   rules: Sequence[tuple[str, str | None]]) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(logical_axes, rules))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())

@@ -17,6 +17,7 @@ motion only; with one it still gives the panel's reconstruction and `tokenizer_m
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import time
 from pathlib import Path
@@ -25,11 +26,11 @@ import jax
 import numpy as np
 
 from mtvjax.data.motion_files import load_clips
+from mtvjax.models.mvdit import registry
 from mtvjax.sample import reference_image as RI
 from mtvjax.sample.long_video import plan_windows, stitch, window_motion
 from mtvjax.viz.skeleton_video import read_video_frames, render_motion_frames, write_video
 
-FAMILIES = ("cogvideox", "wan")
 
 
 @dataclasses.dataclass
@@ -59,13 +60,8 @@ def driving_motion(path, frames: int, clip: int = 0, start: int = 0,
 
 
 def build_animator(config, progress: bool = True):
-    if config.family == "cogvideox":
-        from mtvjax.sample.animator_cogvideox import CogVideoXAnimator
-        return CogVideoXAnimator(config, progress)
-    if config.family == "wan":
-        from mtvjax.sample.animator_wan import WanAnimator
-        return WanAnimator(config, progress)
-    raise ValueError(f"unknown family {config.family!r}; expected one of {FAMILIES}")
+    module, cls = registry.family(config.family).ANIMATOR.split(":")
+    return getattr(importlib.import_module(module), cls)(config, progress)
 
 
 def mvdit_conditioning(folder: str) -> str:
@@ -82,7 +78,7 @@ def check_checkpoints(config) -> bool:
     if config.checkpoints.mvdit and Path(config.checkpoints.mvdit).is_dir():
         isa = mvdit_conditioning(config.checkpoints.mvdit) == "isa"
     needed = (["mvdit"] + ([] if isa else ["tokenizer"]) + ["vae"]
-              + (["clip"] if config.family == "wan" else []))
+              + (["clip"] if registry.family(config.family).HAS_IMAGE else []))
     if isa and config.checkpoints.tokenizer:
         needed.append("tokenizer")
     for name in needed:

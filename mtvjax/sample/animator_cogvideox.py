@@ -1,6 +1,6 @@
 """MV-DiT-7B (CogVideoX family) animation: reference latents, guided sampling, decoding.
 
-As the released pipeline (reference_mvdit7b.md §6): the reference image (already at the
+As the released pipeline (docs/reference/mvdit7b.md §6): the reference image (already at the
 generation size, in [−1, 1]) is repeated over the window's frames and VAE-encoded as a video;
 the latents are a posterior *sample* and are *not* multiplied by the scaling factor, while
 decoding divides by it. Sampling is the CogVideoX DPM-Solver++(2M) SDE ("dpm", released) or DDIM

@@ -14,15 +14,16 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
+from mtvjax.models.layers.dtypes import DTYPES
 from mtvjax.sample.long_video import blend_weights, pin_first_latents
 from mtvjax.sample.loop import make_sample_fn
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ANIMATOR_DTYPES = ("bfloat16", "float32")   # the animators' compute dtypes (no float16)
 
 
 def compute_dtype(name: str):
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    if name not in ANIMATOR_DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(ANIMATOR_DTYPES)}")
     return DTYPES[name]
 
 

@@ -1,6 +1,6 @@
 """MV-DiT-17B (Wan-2.1-I2V family) animation: text, CLIP and first-frame conditioning, sampling.
 
-As the released pipeline (reference_mvdit17b.md §6): the prompt and the negative prompt are
+As the released pipeline (docs/reference/mvdit17b.md §6): the prompt and the negative prompt are
 umT5-encoded (or read precomputed), the reference image (at its bucket size, in [−1, 1]) gives
 the CLIP features and the first frame of the conditioning video whose other frames are 0; that
 video is VAE-encoded (normalised posterior mean) and joined with a 4-channel mask that is 1 on
@@ -22,7 +22,7 @@ import numpy as np
 
 from mtvjax.models.mvdit.wan import convert as convert_mvdit17b
 from mtvjax.models.vae.wan import convert as convert_vae_wan
-from mtvjax.models.encoders.convert import load_clip_vision
+from mtvjax.models.encoders.load import load_clip_vision
 from mtvjax.models.encoders import clip_vision
 from mtvjax.models.mvdit.wan import model as mvdit_wan
 from mtvjax.models.vae.wan import model as vae_wan
@@ -53,9 +53,9 @@ def text_embeddings(config) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError("the 17B needs checkpoints.text_encoder (mtvjax convert umt5) and "
                              "checkpoints.text_tokenizer (the umT5 tokenizer folder), or "
                              "prompt_embeddings (.npz)")
-        from mtvjax.models.encoders.umt5 import TextEncoder
-        encoder = TextEncoder.from_checkpoint(c.text_encoder, c.text_tokenizer,
-                                              dtype=config.text_dtype, batch_size=2)
+        from mtvjax.models.encoders.load import text_encoder_from_checkpoint
+        encoder = text_encoder_from_checkpoint(c.text_encoder, c.text_tokenizer,
+                                               dtype=config.text_dtype, batch_size=2)
         pos, neg = encoder([config.prompt, config.negative_prompt])
     if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1]:
         raise ValueError(f"text embeddings must be [tokens, dim] of one width, got {pos.shape} "

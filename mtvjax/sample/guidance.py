@@ -1,10 +1,10 @@
 """Classifier-free guidance for the MV-DiT pipelines.
 
-* 7B (reference_mvdit7b.md §6 "CFG"): motion-only guidance. Batch slot 0 is unconditional (the
+* 7B (docs/reference/mvdit7b.md §6 "CFG"): motion-only guidance. Batch slot 0 is unconditional (the
   model's learnable ``unconditional_motion_token`` replaces the motion tokens), slot 1 conditional;
   the prediction is cast to float32, then ``uncond + 3.0·(cond − uncond)``. ``use_dynamic_cfg`` is
   False in infer_7b; the CogVideoX dynamic schedule is offered as an option.
-* 17B (reference_mvdit17b.md §2.5, §6.7): text-only guidance with the negative prompt in slot 0 and
+* 17B (docs/reference/mvdit17b.md §2.5, §6.7): text-only guidance with the negative prompt in slot 0 and
   the prompt in slot 1 (same motion tokens in both), scale 6.0, arithmetic in the model's output
   dtype (bf16, no float32 cast); used only without the LoRA. The default LoRA run has no CFG.
   The released 17B has no motion CFG; a text + motion composition is offered as an option.

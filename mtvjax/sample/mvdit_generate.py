@@ -58,7 +58,7 @@ def denoise_7b(model):
                 motion_mm=None):
         b = latents.shape[0]
         return model.apply({"params": params}, latents, ref_latents=_tile(ref_latents, b),
-                           timesteps=t, motion_tokens=_tile(motion_tokens, b), use_uncond=~cond,
+                           timesteps=t, motion_tokens=_tile(motion_tokens, b), motion_drop=~cond,
                            **_joints_kwargs(motion_joints, b, motion_mm))
     return denoise
 

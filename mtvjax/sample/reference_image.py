@@ -1,9 +1,9 @@
 """The reference character image: reading it and bringing it to the generation resolution.
 
 * The 7B pipeline resizes the image so it covers the target size (bicubic, aspect kept) and
-  centre-crops it (reference_mvdit7b.md §6: 512×512).
+  centre-crops it (docs/reference/mvdit7b.md §6: 512×512).
 * The 17B pipeline picks the resolution bucket of the 512-class table nearest the image's aspect
-  ratio and resizes to it with PIL bicubic, without cropping (reference_mvdit17b.md §6.2).
+  ratio and resizes to it with PIL bicubic, without cropping (docs/reference/mvdit17b.md §6.2).
 
 Images are uint8 RGB `[H, W, 3]`; `to_signed` maps them to [−1, 1] as the pipelines do.
 """
@@ -14,17 +14,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# (height / width, height, width) of the 17B's 512-class buckets (every side a multiple of 32).
-BUCKETS_512 = (
-    (0.25, 256, 1024), (0.26, 256, 992), (0.27, 256, 960), (0.28, 256, 928), (0.32, 288, 896),
-    (0.33, 288, 864), (0.35, 288, 832), (0.4, 320, 800), (0.42, 320, 768), (0.48, 352, 736),
-    (0.5, 352, 704), (0.52, 352, 672), (0.57, 384, 672), (0.6, 384, 640), (0.68, 416, 608),
-    (0.72, 416, 576), (0.78, 448, 576), (0.82, 448, 544), (0.88, 480, 544), (0.94, 480, 512),
-    (1.0, 512, 512), (1.07, 512, 480), (1.13, 544, 480), (1.21, 544, 448), (1.29, 576, 448),
-    (1.38, 576, 416), (1.46, 608, 416), (1.67, 640, 384), (1.75, 672, 384), (2.0, 704, 352),
-    (2.09, 736, 352), (2.4, 768, 320), (2.5, 800, 320), (2.89, 832, 288), (3.0, 864, 288),
-    (3.11, 896, 288), (3.62, 928, 256), (3.75, 960, 256), (3.88, 992, 256), (4.0, 1024, 256),
-)
+from mtvjax.data.buckets import nearest_bucket, scale_buckets
 
 
 def load_image(path) -> np.ndarray:
@@ -43,9 +33,7 @@ def bucket_for(height: int, width: int, base: int = 512) -> tuple[int, int]:
     """(height, width) of the bucket nearest the aspect ratio, scaled from 512 to `base`."""
     if base <= 0 or base % 32:
         raise ValueError(f"bucket base must be a positive multiple of 32, got {base}")
-    ratio = height / width
-    _, h, w = min(BUCKETS_512, key=lambda b: abs(b[0] - ratio))
-    return h * base // 512, w * base // 512
+    return nearest_bucket(height, width, scale_buckets(base))
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -257,8 +257,9 @@ def config_param_count(config, family: str) -> int:
     import flax.linen as nn
     import jax
     if family == "tokenizer":
+        from mtvjax.models.fourdmot.build import build_model
         from mtvjax.train import fourdmot_step as steps
-        model = steps.build_model(config.model)
+        model = build_model(config.model)
         tx = steps.make_optimizer(config)
         return count_params(steps.abstract_state(config, model, tx).params)
     from mtvjax.train import mvdit_step as steps
@@ -266,7 +267,7 @@ def config_param_count(config, family: str) -> int:
     config, _ = trainer.fit_config(config, trainer.make_source(config)[0])
     model = steps.build_model(config)
     return count_params(nn.meta.unbox(jax.eval_shape(
-        lambda rng: steps.init_variables(model, rng), jax.random.PRNGKey(0))))
+        lambda rng: steps.init_variables(config, model, rng), jax.random.PRNGKey(0))))
 
 
 def _train(config, family: str, run_dir: Path):

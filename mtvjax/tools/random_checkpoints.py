@@ -24,6 +24,7 @@ import numpy as np
 
 from mtvjax.checkpoint.manager import Checkpointer, config_to_json
 from mtvjax.config import load_config
+from mtvjax.models.mvdit import registry
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 # The tiny 17B's conditioning widths, matching the tiny umT5 and CLIP presets.
@@ -61,10 +62,11 @@ def write_tokenizer(dst: str, code_dim: int, seed: int) -> str:
     """A `configs/4dmot.py:tiny` 4DMoT (code width `code_dim`) with a random codebook."""
     from mtvjax.data.stats import compute_stats
     from mtvjax.data.synthetic_motion import SyntheticMotionSource
+    from mtvjax.models.fourdmot.build import build_model
     from mtvjax.train import fourdmot_step as steps
     config = load_config(os.path.join(CONFIGS, "4dmot.py:tiny"))
     config.model.code_dim = code_dim
-    model = steps.build_model(config.model)
+    model = build_model(config.model)
     source = SyntheticMotionSource(4, (60, 60), seed=seed)
     stats = compute_stats(source[i].motion for i in range(len(source)))
     tx = steps.make_optimizer(config)
@@ -107,7 +109,7 @@ def write_cogvideox(out: str, window: int, seed: int, model_fields: dict) -> dic
 
 def write_wan(out: str, window: int, seed: int, model_fields: dict,
               text_encoder: bool = True) -> dict:
-    from mtvjax.models.encoders.convert import save_converted
+    from mtvjax.checkpoint.converted import save_converted
     from mtvjax.models.mvdit.wan.convert import save_params
     from mtvjax.models.encoders import clip_vision
     from mtvjax.models.mvdit.wan import model as mvdit_wan
@@ -165,6 +167,9 @@ def write_word_tokenizer(dst: str) -> str:
     return dst
 
 
+SET_WRITERS = {"cogvideox": write_cogvideox, "wan": write_wan}   # by registry family name
+
+
 def write_set(out: str, family: str, window: int = 17, seed: int = 0,
               text_encoder: bool | None = None, model_fields: dict | None = None) -> dict:
     """Writes a tiny random set under `out`; returns {checkpoint name: path} and `flags`.
@@ -173,12 +178,9 @@ def write_set(out: str, family: str, window: int = 17, seed: int = 0,
     installed); otherwise the set uses precomputed prompt embeddings."""
     if text_encoder is None:
         text_encoder = importlib.util.find_spec("transformers") is not None
-    if family == "cogvideox":
-        paths = write_cogvideox(out, window, seed, dict(model_fields or {}))
-    elif family == "wan":
-        paths = write_wan(out, window, seed, dict(model_fields or {}), text_encoder)
-    else:
-        raise ValueError(f"unknown family {family!r}; expected cogvideox or wan")
+    fam = registry.family(family)
+    extra = {"text_encoder": text_encoder} if fam.HAS_TEXT else {}
+    paths = SET_WRITERS[fam.NAME](out, window, seed, dict(model_fields or {}), **extra)
     flags = [f"--config.checkpoints.{k}={v}" for k, v in paths.items() if k != "prompt_embeddings"]
     if "prompt_embeddings" in paths and "text_encoder" not in paths:
         flags.append(f"--config.prompt_embeddings={paths['prompt_embeddings']}")
@@ -191,7 +193,7 @@ def write_set(out: str, family: str, window: int = 17, seed: int = 0,
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=("cogvideox", "wan"), required=True)
+    parser.add_argument("--family", choices=registry.FAMILIES, required=True)
     parser.add_argument("--out", required=True, help="new or empty folder")
     parser.add_argument("--window", type=int, default=17, help="frames per window (8k + 1)")
     parser.add_argument("--seed", type=int, default=0)

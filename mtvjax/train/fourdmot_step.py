@@ -1,5 +1,8 @@
 """4DMoT train state, optimiser and the pure train/eval steps.
 
+The model, its variables and its forward pass come from `mtvjax.models.fourdmot`; this module
+adds only what training needs.
+
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function, jitted by the trainer:
 encode → (first batch only) fill the codebook → quantise with straight-through gradients →
 decode → L1 + β·commitment → AdamW on the encoder/decoder → EMA update and periodic dead-code
@@ -8,7 +11,7 @@ stored in the state, so a checkpoint is self-contained.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.struct
 import jax
@@ -17,8 +20,10 @@ import optax
 
 from mtvjax.evaluate.metrics import code_histogram, mpjpe, perplexity
 from mtvjax.models.fourdmot import quantizer as vq
+from mtvjax.models.fourdmot.build import init_variables, quantizer_settings
+from mtvjax.models.fourdmot.forward import (forward, model_input, model_output_mm,
+                                            quantize_tokens, switches)
 from mtvjax.models.fourdmot.model import FourDMoT
-from mtvjax.models.fourdmot.normalization import denormalize, normalize
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -29,17 +34,6 @@ class TrainState(flax.struct.PyTreeNode):
     stats: dict               # {'mean', 'std'} [24, 3] normalisation statistics, millimetres
     rng: jax.Array            # root key; step keys are fold_in(rng, step)
     skipped_samples: jnp.ndarray  # samples replaced by the loader so far
-
-
-def build_model(model_config) -> FourDMoT:
-    return FourDMoT(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
-                       for k, v in model_config.items()})
-
-
-def quantizer_settings(config) -> vq.QuantizerSettings:
-    q = config.quantizer
-    return vq.QuantizerSettings(decay=q.decay, dead_threshold=q.dead_threshold,
-                                reset_every=q.reset_every, init_noise=q.init_noise)
 
 
 def learning_rate_schedule(optim_config, num_steps: int) -> optax.Schedule:
@@ -65,11 +59,9 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def init_state(config, model: FourDMoT, tx, stats: dict, rng: jax.Array) -> TrainState:
     """Fresh state; pure in its inputs, so `jax.eval_shape(init_state, ...)` gives its structure."""
     init_rng, root = jax.random.split(rng)
-    dummy = jnp.zeros((1, model.window_frames, 24, model.coord_dim), jnp.float32)
-    variables = model.init(init_rng, dummy)
-    params = variables["params"]
+    params, quantizer = init_variables(model, init_rng)
     return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
-                      quantizer=variables[vq.COLLECTION]["codebook"],
+                      quantizer=quantizer,
                       stats={k: jnp.asarray(v, jnp.float32) for k, v in stats.items()},
                       rng=root, skipped_samples=jnp.array(0, jnp.int32))
 
@@ -79,49 +71,6 @@ def abstract_state(config, model: FourDMoT, tx) -> TrainState:
     stats = {"mean": jnp.zeros((24, 3), jnp.float32), "std": jnp.ones((24, 3), jnp.float32)}
     return jax.eval_shape(lambda rng: init_state(config, model, tx, stats, rng),
                           jax.random.PRNGKey(0))
-
-
-class Switches(NamedTuple):
-    """The tokenizer's ablation switches (paper Table: quantisation, differential motion, depth)."""
-    differential: bool = False   # subtract the normalised first frame
-    coord_dim: int = 3           # 2: "3D quantisation" over (t, x, y), depth dropped
-    quantize: bool = True        # False: continuous tokens, quantizer bypassed
-
-
-def switches(config) -> Switches:
-    return Switches(differential=bool(config.normalization.differential),
-                    coord_dim=int(config.model.get("coord_dim", 3)),
-                    quantize=bool(config.quantizer.get("enabled", True)))
-
-
-def model_input(motion_mm, stats, sw: Switches):
-    """Millimetres → (model input, normalised first frame), over the used coordinates."""
-    c = sw.coord_dim
-    return normalize(motion_mm[..., :c], stats["mean"][..., :c], stats["std"][..., :c],
-                     sw.differential)
-
-
-def model_output_mm(recon, first, stats, sw: Switches):
-    """Decoder output → millimetres over the used coordinates."""
-    c = sw.coord_dim
-    return denormalize(recon, stats["mean"][..., :c], stats["std"][..., :c], first, sw.differential)
-
-
-def quantize_tokens(codebook, z, sw: Switches):
-    """(tokens the decoder sees, code indices or -1, commitment loss)."""
-    if sw.quantize:
-        return vq.quantize(codebook, z)
-    return z, jnp.full(z.shape[:-1], -1, jnp.int32), jnp.zeros((), z.dtype)
-
-
-def forward(model: FourDMoT, params, codebook, motion_mm, stats, sw: Switches):
-    """Normalise, encode, quantise and decode; the pieces a loss or an evaluation needs."""
-    x, first = model_input(motion_mm, stats, sw)
-    z = model.apply({"params": params}, x, method=FourDMoT.encode)
-    q, indices, commitment = quantize_tokens(codebook, z, sw)
-    recon = model.apply({"params": params}, q, method=FourDMoT.decode)
-    return {"input": x, "first": first, "z": z, "indices": indices, "commitment": commitment,
-            "recon": recon}
 
 
 def make_train_step(config, model: FourDMoT, tx):

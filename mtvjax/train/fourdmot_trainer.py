@@ -1,4 +1,4 @@
-"""The 4DMoT training loop: data, sharded state, jitted steps, logging, checkpoints, resume.
+"""The 4DMoT trainer: data, sharded state, jitted steps and evaluation for `train.loop`.
 
 `train(config, workdir)` trains until `config.train.num_steps`. With `config.resume` (default)
 a rerun of the same command continues from the last complete checkpoint, restoring parameters,
@@ -8,24 +8,20 @@ uninterrupted run gives. SIGTERM (preemption) saves a checkpoint before exiting.
 from __future__ import annotations
 
 import functools
-import os
-import signal
 import sys
-import threading
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
-from mtvjax.checkpoint.manager import Checkpointer, abstract_like, config_to_json
+from mtvjax.checkpoint.manager import abstract_like
 from mtvjax.data.loader import make_batches, make_iterator, make_source
 from mtvjax.data.stats import compute_stats, load_stats
 from mtvjax.evaluate.metrics import active_code_fraction, perplexity
-from mtvjax.parallel.mesh import make_mesh, named_sharding, replicated
+from mtvjax.models.fourdmot.build import build_model
+from mtvjax.parallel.mesh import make_mesh
+from mtvjax.parallel.sharding import named_sharding, replicated
 from mtvjax.train import fourdmot_step as steps
-from mtvjax.train.metric_writer import MetricWriter
+from mtvjax.train import loop
 
 STATS_SAMPLE_CLIPS = 256
 
@@ -39,24 +35,12 @@ def normalization_stats(config, source) -> dict:
     return compute_stats(source[i].motion for i in range(count))
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
-
-    def __init__(self):
-        self.requested = False
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-
 class FourDMoTTrainer:
     """Holds what a run compiles once: model, optimiser, mesh, jitted steps."""
 
     def __init__(self, config, devices=None):
         self.config = config
-        self.model = steps.build_model(config.model)
+        self.model = build_model(config.model)
         self.tx = steps.make_optimizer(config)
         self.mesh = make_mesh(dict(config.mesh), devices)
         self.replicated = replicated(self.mesh)
@@ -116,69 +100,39 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
     d, t = config.data, config.train
     if d.batch_size % jax.process_count():
         raise ValueError(f"data.batch_size={d.batch_size} must divide by {jax.process_count()} processes")
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None and not config.resume:
-        raise FileExistsError(f"{workdir} already holds checkpoints (latest step {latest}); rerun "
-                              "with --config.resume=True to continue, or use a new workdir")
+    checkpointer, latest = loop.open_checkpointer(config, workdir)
     trainer = FourDMoTTrainer(config)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     source, load_errors = make_source(d, min(d.frame_counts))
     for error in load_errors:
         print(f"skipping bad clip: {error}", file=sys.stderr)
     data_iter = make_iterator(trainer.batches(source, d.shuffle_seed, augment=True),
                               d.num_threads, d.prefetch)
-    if latest is not None:
-        state = checkpointer.restore(latest, trainer.abstract_state(), data_iter)
-        print(f"resumed from {workdir} at step {latest}", flush=True)
-    else:
-        state = trainer.init_state(normalization_stats(config, source))
+    state = loop.restore_or_init(checkpointer, latest, workdir, trainer.abstract_state,
+                                 lambda: trainer.init_state(normalization_stats(config, source)),
+                                 data_iter)
+    window_histogram = [0]        # code usage summed since the last log line
 
-    config_json = config_to_json(config)
-    preemption = _Preemption()
-    start = int(state.step)
-    window_hist, window_start, window_steps = 0, time.perf_counter(), 0
-    progress = tqdm(total=t.num_steps, initial=start, disable=not sys.stdout.isatty(), unit="step")
-    for step in range(start, t.num_steps):
-        batch = trainer.device_batch(next(data_iter))
+    def train_step(state, batch, step):
         state, metrics = trainer.train_step(state, batch, jax.random.fold_in(state.rng, step))
-        window_hist = window_hist + metrics["code_histogram"]
-        window_steps += 1
-        progress.update(1)
-        done = step + 1
-        if done % t.log_every == 0 or done == t.num_steps:
-            scalars = {k: v for k, v in jax.device_get(metrics).items() if k != "code_histogram"}
-            elapsed = time.perf_counter() - window_start
-            scalars.update(active_codes=float(active_code_fraction(window_hist)),
-                           step_time=elapsed / window_steps,
-                           samples_per_s=window_steps * d.batch_size / elapsed,
-                           skipped=int(state.skipped_samples) + len(load_errors))
-            writer.write(done, scalars)
-            window_hist, window_start, window_steps = 0, time.perf_counter(), 0
-        stop = preemption.requested or done - start == t.stop_after_steps
-        if done % t.checkpoint_every == 0 or done == t.num_steps or stop:
-            checkpointer.save(done, state, data_iter, config_json, force=stop)
-        if stop:
-            break
-    progress.close()
-    checkpointer.wait()
-    if int(state.step) < t.num_steps:
-        writer.close()
-        checkpointer.close()
-        reason = "SIGTERM" if preemption.requested else "stop_after_steps"
-        print(f"{reason}: checkpointed step {int(state.step)}, stopping", flush=True)
-        if preemption.requested:
-            sys.exit(143)
-        return state, {}
+        window_histogram[0] = window_histogram[0] + metrics["code_histogram"]
+        return state, metrics
 
-    eval_source = source
-    if d.val_path:
-        val_config = d.copy_and_resolve_references()
-        val_config.path = d.val_path
-        eval_source = make_source(val_config, min(d.frame_counts))[0]
-    summary = trainer.evaluate(state, eval_source, t.eval_batches)
-    writer.write(int(state.step), summary, prefix="eval")
-    writer.close()
-    checkpointer.close()
-    return state, summary
+    def log_scalars(state, metrics, step_time):
+        scalars = {k: v for k, v in jax.device_get(metrics).items() if k != "code_histogram"}
+        scalars.update(active_codes=float(active_code_fraction(window_histogram[0])),
+                       step_time=step_time, samples_per_s=d.batch_size / step_time,
+                       skipped=int(state.skipped_samples) + len(load_errors))
+        window_histogram[0] = 0
+        return scalars
 
+    def evaluate(state):
+        eval_source = source
+        if d.val_path:
+            val_config = d.copy_and_resolve_references()
+            val_config.path = d.val_path
+            eval_source = make_source(val_config, min(d.frame_counts))[0]
+        return trainer.evaluate(state, eval_source, t.eval_batches)
+
+    hooks = loop.TrainHooks(device_batch=trainer.device_batch, train_step=train_step,
+                            log_scalars=log_scalars, evaluate=evaluate)
+    return loop.run(config, workdir, checkpointer, state, data_iter, hooks)

@@ -21,7 +21,7 @@
   1/(1−ᾱ) is this same quantity). wan: flow matching (σ drawn from the 1000 shifted training
   sigmas, x_t = (1−σ)·x0 + σ·ε, target ε − x0, model time σ·1000).
 * **condition dropout.** With `train.motion_drop_prob` a sample's motion tokens are replaced by
-  the model's learnable unconditional tokens (`use_uncond` / `motion_drop`); with
+  the model's learnable unconditional tokens (`motion_drop`); with
   `train.text_drop_prob` (wan only; the 7B has no text input) its text is dropped
   (`text_lens` = 0: every row zero before the text MLP).
 * **trainable mask.** `optim.trainable` "all" or "motion" (the motion attention and the
@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -48,12 +47,10 @@ import optax
 from flax import traverse_util
 
 from mtvjax.models.mvdit import isa_conditioning as ISA
-from mtvjax.models.mvdit.cogvideox import model as mv
-from mtvjax.models.mvdit.wan import model as W
+from mtvjax.models.mvdit import registry
 from mtvjax.diffusion import schedules as S
+from mtvjax.models.fourdmot.tokenizer import FrozenTokenizer
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-FAMILIES = ("cogvideox", "wan")
 TRAINABLE = ("all", "motion")
 NUM_JOINTS = 24
 
@@ -66,13 +63,6 @@ class TrainState(flax.struct.PyTreeNode):
     skipped_steps: jnp.ndarray    # steps whose loss or gradient was not finite
 
 
-def family(config) -> str:
-    name = config.model.get("family", "cogvideox")
-    if name not in FAMILIES:
-        raise ValueError(f"unknown MV-DiT family {name!r}; expected one of {FAMILIES}")
-    return name
-
-
 def uses_isa(config) -> bool:
     """Whether the model is conditioned by interspatial attention on the raw motion."""
     return ISA.settings_of(config.model) is not None
@@ -81,22 +71,17 @@ def uses_isa(config) -> bool:
 def build_model(config):
     """The model in the train step's compute dtype (`train.dtype`), float32 parameters."""
     dtype = config.train.get("dtype", config.get("dtype", "float32"))
-    if family(config) == "cogvideox":
-        return mv.from_config(config, dtype=DTYPES[dtype])
-    return W.from_config(config, dtype=dtype)
+    return registry.of(config).build_model(config, dtype)
 
 
 def motion_width(config) -> int:
     """Width of the motion tokens the model takes (cogvideox: D; wan: motion_dim)."""
-    m = config.model
-    return m.num_heads * m.head_dim if family(config) == "cogvideox" else m.motion_dim
+    return registry.of(config).motion_width(config.model)
 
 
-def init_variables(model, rng) -> dict:
+def init_variables(config, model, rng) -> dict:
     """Boxed (logically partitioned) `params` of a fresh model."""
-    if isinstance(model, W.MVDiTWan):
-        return model.init(rng, *W.dummy_inputs(model.config))["params"]
-    return model.init(rng, **mv.dummy_inputs(model))["params"]
+    return registry.of(config).init_variables(model, rng)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,10 +95,7 @@ def trainable_predicate(config) -> Callable[[tuple], bool]:
         raise ValueError(f"optim.trainable must be one of {TRAINABLE}, got {which!r}")
     if which == "all":
         return lambda path: True
-    if family(config) == "wan":
-        return W.is_trainable_path
-    return lambda path: ("attn0" in path or path[-1] == "unconditional_motion_token"
-                         or "motion_pos_embed" in path or ISA.is_isa_path(path))
+    return registry.of(config).trainable
 
 
 def split_params(params, predicate) -> tuple[dict, dict]:
@@ -166,56 +148,12 @@ def init_state(config, model, tx, rng) -> TrainState:
     """Fresh state with boxed parameters (so `init_sharded` reads their logical axes); the
     optimiser state is built from the boxed trainable parameters and inherits their axes."""
     init_rng, root = jax.random.split(rng)
-    params = init_variables(model, init_rng)
+    params = init_variables(config, model, init_rng)
     trainable, _ = split_params(params, trainable_predicate(config))
     if not trainable:
         raise ValueError(f"optim.trainable={config.optim.trainable!r} selects no parameter")
     return TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(trainable),
                       rng=root, skipped_steps=jnp.array(0, jnp.int32))
-
-
-# ----------------------------------------------------------------------------------------------
-# Sharded state
-# ----------------------------------------------------------------------------------------------
-
-
-def spec_for(logical_axes, rules) -> jax.sharding.PartitionSpec:
-    """Mesh PartitionSpec of one array from its logical names. A mesh axis already used by an
-    earlier dimension is not reused (the 7B's `time_embedding/linear_2` is `[time_embed,
-    time_embed]`, which `nn.logical_to_mesh_sharding` refuses)."""
-    table, used, out = dict(rules), set(), []
-    for name in logical_axes:
-        axes = table.get(name) if name else None
-        flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        if not flat or used & set(flat):
-            out.append(None)
-            continue
-        used.update(flat)
-        out.append(axes if isinstance(axes, str) else tuple(axes))
-    return jax.sharding.PartitionSpec(*out)
-
-
-def state_shardings(abstract_boxed, mesh, rules):
-    """NamedShardings (unboxed structure) of a boxed abstract state."""
-    specs = nn.get_partition_spec(abstract_boxed)
-    return jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, spec_for(s, rules)), specs,
-                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-
-
-def init_sharded(init_fn, mesh, rules, *args):
-    """(unboxed state, shardings): `init_fn(*args)` run under jit with each leaf created in its
-    sharding (no host ever holds the full model)."""
-    shardings = state_shardings(jax.eval_shape(init_fn, *args), mesh, rules)
-    state = jax.jit(init_fn, out_shardings=shardings)(*args)
-    return nn.meta.unbox(state), shardings
-
-
-def abstract_sharded(init_fn, mesh, rules, *args):
-    """ShapeDtypeStructs with shardings of the unboxed state `init_fn(*args)` would make."""
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = state_shardings(abstract, mesh, rules)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nn.meta.unbox(abstract), shardings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,37 +193,11 @@ def make_schedule(config) -> Schedule:
         table = S.flow_train_sigmas(s.num_train_timesteps, s.shift)
     else:
         raise ValueError(f"unknown schedule.kind {s.kind!r}: v_prediction or flow_matching")
-    expected = "v_prediction" if family(config) == "cogvideox" else "flow_matching"
-    if s.kind != expected:
-        raise ValueError(f"the {family(config)} family trains with {expected}, not {s.kind}")
+    fam = registry.of(config)
+    if s.kind != fam.TRAINING_TARGET:
+        raise ValueError(f"the {fam.NAME} family trains with {fam.TRAINING_TARGET}, "
+                         f"not {s.kind}")
     return Schedule(s.kind, table, int(s.num_train_timesteps))
-
-
-# ----------------------------------------------------------------------------------------------
-# Frozen 4DMoT
-# ----------------------------------------------------------------------------------------------
-
-
-class FrozenTokenizer:
-    """A restored 4DMoT (`mtvjax.models.fourdmot.tokenizer.Tokenizer`) whose state travels in the step's
-    `frozen` argument; tokens are the tokenizer's own `quantized` output (what the data
-    pipeline stores with `tokens.kind="tokenizer"`), flattened frame-major, without gradient."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, frozen, motion_mm):
-        tokens = self.tokenizer._tokenize_batch(frozen, motion_mm)["quantized"]  # [b, L, 24, w]
-        return jax.lax.stop_gradient(tokens.reshape(tokens.shape[0], -1, tokens.shape[-1]))
-
-
-def restore_tokenizer(checkpoint: str, step: int | None = None):
-    """(FrozenTokenizer, frozen state, code width, 4DMoT config) of a 4DMoT checkpoint folder;
-    the frozen state is the 4DMoT train state without its optimiser state."""
-    from mtvjax.models.fourdmot.tokenizer import Tokenizer
-    tok = Tokenizer(checkpoint, step=None if step is None or step < 0 else step)
-    frozen = tok.state.replace(opt_state=None)
-    return FrozenTokenizer(tok), frozen, int(tok.config.model.code_dim), tok.config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,18 +248,16 @@ def joints_of(micro) -> jnp.ndarray:
 def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
                  dropout: bool = True):
     """`loss_fn(params, micro, key, frozen) -> (loss, aux)` for one micro-batch `[b, ...]`."""
-    fam = family(config)
+    fam = registry.of(config)
     schedule = make_schedule(config)
     draw = make_draw(schedule)
     t = config.train
     p_motion = float(t.motion_drop_prob) if dropout else 0.0
-    p_text = float(t.text_drop_prob) if dropout and fam == "wan" else 0.0  # 7B: no text input
-    wan_uncond = fam == "wan" and bool(config.model.get("uncond_motion", False))
+    p_text = float(t.text_drop_prob) if dropout and fam.HAS_TEXT else 0.0
     isa = uses_isa(config)
     dynamic = needs_joints(config) and not isa
-    if p_motion > 0 and fam == "wan" and not wan_uncond and not isa:
-        raise ValueError("train.motion_drop_prob > 0 needs model.uncond_motion=True (learnable "
-                         "unconditional motion tokens); or set train.fit_uncond_motion")
+    if p_motion > 0:
+        fam.check_motion_drop(config)
 
     def tokens_of(micro, frozen):
         if "motion_tokens" in micro:
@@ -373,26 +283,8 @@ def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
                 raise ValueError(f"{tokens.shape[1]} motion tokens for {f} latent frames; "
                                  f"expected {f * NUM_JOINTS} (frames·24)")
             joints = {"motion_joints": joints_of(micro)} if dynamic else {}
-        ref = micro["ref_latents"]
-        if fam == "cogvideox":
-            ref = jnp.broadcast_to(ref, x0.shape) if ref.shape[1] == 1 else ref
-            pred = model.apply({"params": params}, x_t, ref_latents=ref, timesteps=timesteps,
-                               motion_tokens=tokens,
-                               use_uncond=drop_motion if p_motion > 0 else None, **joints)
-        else:
-            first = (jnp.arange(f) == 0)[None, :, None, None, None]
-            y_ref = jnp.where(first, ref[:, :1], 0.0)
-            mask = jnp.broadcast_to(first, (b, f) + x0.shape[2:4] + (4,)).astype(x_t.dtype)
-            text = micro.get("text")
-            if text is None:
-                text = jnp.zeros((b, 1, config.model.text_dim), jnp.float32)
-                lens = jnp.zeros((b,), jnp.int32)
-            else:
-                lens = micro["text_lens"]
-            lens = jnp.where(drop_text, 0, lens)
-            extra = {"motion_drop": drop_motion} if p_motion > 0 else {}
-            pred = model.apply({"params": params}, x_t, timesteps, text, micro.get("image"),
-                               tokens, mask=mask, ref=y_ref, text_lens=lens, **extra, **joints)
+        pred = fam.predict(model, params, x_t, timesteps, micro, tokens,
+                           drop_motion if p_motion > 0 else None, drop_text, joints, config)
         err = jnp.square(pred.astype(jnp.float32) - target)
         per_sample = err.reshape(b, -1).mean(axis=1)
         aux = {"motion_dropped": drop_motion.mean(), "text_dropped": drop_text.mean()}
@@ -474,10 +366,11 @@ def abstract_batch(config, batch_size: int, frames: int, height: int, width: int
         out["motion"] = jax.ShapeDtypeStruct((k, b, 4 * (frames - 1) + 1, NUM_JOINTS, 3), f32)
     if needs_joints(config):
         out["first_joints"] = jax.ShapeDtypeStruct((k, b, NUM_JOINTS, 3), f32)
-    if family(config) == "wan" and text_rows:
+    fam = registry.of(config)
+    if fam.HAS_TEXT and text_rows:
         out["text"] = jax.ShapeDtypeStruct((k, b, text_rows, config.model.text_dim), f32)
         out["text_lens"] = jax.ShapeDtypeStruct((k, b), jnp.int32)
-    if family(config) == "wan" and image_tokens:
+    if fam.HAS_IMAGE and image_tokens:
         out["image"] = jax.ShapeDtypeStruct((k, b, image_tokens, config.model.image_dim), f32)
     return out
 

@@ -1,4 +1,4 @@
-"""The MV-DiT training loop: latent data, sharded state, jitted step, logging, checkpoints, resume.
+"""The MV-DiT trainer: latent data, sharded state, jitted step and evaluation for `train.loop`.
 
 `train(config, workdir)` trains a `configs/mvdit.py` variant until `train.num_steps`:
 
@@ -25,8 +25,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import sys
 import time
 
 import jax
@@ -35,14 +33,18 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from mtvjax.checkpoint.manager import Checkpointer, config_to_json
-from mtvjax.data.latent_records import (LatentShardSource, SyntheticLatentSource,
-                                        make_latent_batches)
+from mtvjax.checkpoint.manager import Checkpointer
+from mtvjax.data.latent_batches import make_latent_batches
+from mtvjax.data.latent_shard_source import LatentShardSource
+from mtvjax.data.synthetic_latents import SyntheticLatentSource
 from mtvjax.data.loader import make_iterator
-from mtvjax.parallel.mesh import make_mesh, named_sharding, replicated
+from mtvjax.models.fourdmot.tokenizer import restore_tokenizer
+from mtvjax.models.mvdit import registry
+from mtvjax.parallel.mesh import make_mesh
+from mtvjax.parallel.sharding import (abstract_sharded, init_sharded, named_sharding,
+                                      replicated)
 from mtvjax.train import mvdit_step as steps
-from mtvjax.train.fourdmot_trainer import _Preemption
-from mtvjax.train.metric_writer import MetricWriter
+from mtvjax.train import loop
 
 NUM_JOINTS = 24
 
@@ -63,7 +65,7 @@ def matmul_peak_flops(n: int = 1024, repeats: int = 3) -> float:
 def make_source(config, split: str | None = None, path: str | None = None):
     d = config.data
     if d.source == "synthetic":
-        text_dim = config.model.text_dim if steps.family(config) == "wan" else 0
+        text_dim = config.model.text_dim if registry.of(config).HAS_TEXT else 0
         if d.synthetic_tokens not in ("projection", "none"):
             raise ValueError(f"data.synthetic_tokens must be projection or none, got "
                              f"{d.synthetic_tokens!r}")
@@ -95,17 +97,8 @@ def fit_config(config, sample: dict) -> tuple[ml_collections.ConfigDict, list[st
     count = sample["latents"].shape[0] * NUM_JOINTS
     width = steps.motion_width(config)
     if t.motion_drop_prob > 0 and t.fit_uncond_motion and not steps.uses_isa(config):
-        if steps.family(config) == "cogvideox":
-            shape = tuple(m.uncond_motion_shape or ())
-            if shape != (count, width):
-                m.uncond_motion_shape = (count, width)
-                notes.append(f"model.uncond_motion_shape {shape} -> {(count, width)} "
-                             "(the data's motion tokens)")
-        elif not m.uncond_motion or m.num_uncond_motion_tokens != count:
-            m.uncond_motion, m.num_uncond_motion_tokens = True, count
-            notes.append(f"model.uncond_motion=True with {count} tokens (motion dropout)")
-    if (steps.family(config) == "cogvideox" and not m.joint_positions
-            and not m.joint_positions_path and config.data.source == "shards"):
+        notes += registry.of(config).fit_uncond_motion(m, count, width)
+    if registry.of(config).wants_dataset_joints(m) and config.data.source == "shards":
         source = LatentShardSource(config.data.path, config.data.split)
         mean = source.root / "mean.npy"
         if mean.is_file():
@@ -139,7 +132,7 @@ class MVDiTTrainer:
             if not config.motion.tokenizer_checkpoint:
                 raise ValueError("the records hold no motion tokens: set "
                                  "motion.tokenizer_checkpoint to a 4DMoT checkpoint folder")
-            self.tokenizer, frozen, code_dim, _ = steps.restore_tokenizer(
+            self.tokenizer, frozen, code_dim, _ = restore_tokenizer(
                 config.motion.tokenizer_checkpoint, config.motion.tokenizer_step)
             if code_dim != steps.motion_width(config):
                 raise ValueError(f"the 4DMoT makes {code_dim}-wide tokens, the model takes "
@@ -155,12 +148,12 @@ class MVDiTTrainer:
     # ------------------------------------------------------------------------------------------
 
     def init_state(self) -> steps.TrainState:
-        state, self.state_shardings = steps.init_sharded(self._init, self.mesh, self.rules,
+        state, self.state_shardings = init_sharded(self._init, self.mesh, self.rules,
                                                    jax.random.PRNGKey(self.config.seed))
         return state
 
     def abstract_state(self) -> steps.TrainState:
-        abstract = steps.abstract_sharded(self._init, self.mesh, self.rules,
+        abstract = abstract_sharded(self._init, self.mesh, self.rules,
                                     jax.random.PRNGKey(self.config.seed))
         self.state_shardings = jax.tree.map(lambda x: x.sharding, abstract)
         return abstract
@@ -261,74 +254,46 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
         raise ValueError(f"data.batch_size={d.batch_size} must divide by processes × "
                          f"grad_accum_steps ({jax.process_count()} × "
                          f"{config.optim.grad_accum_steps})")
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None and not config.resume:
-        raise FileExistsError(f"{workdir} already holds checkpoints (latest step {latest}); rerun "
-                              "with --config.resume=True to continue, or use a new workdir")
+    checkpointer, latest = loop.open_checkpointer(config, workdir)
     source = make_source(config)
     sample = source[0]
     config, notes = fit_config(config, sample)
     for note in notes:
         print(f"config: {note}", flush=True)
     trainer = MVDiTTrainer(config, has_tokens=sample["motion_tokens"] is not None)
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     batches = make_latent_batches(source, d.batch_size, d.shuffle_seed, jax.process_index(),
                                   jax.process_count(), d.text_rows)
     data_iter = make_iterator(batches, d.num_threads, d.prefetch)
-    if latest is not None:
-        state = checkpointer.restore(latest, trainer.abstract_state(), data_iter)
-        print(f"resumed from {workdir} at step {latest}", flush=True)
-    else:
+
+    def init_state():
         state = trainer.init_state()
         if t.init_from:
             state, kept = load_pretrained(state, t.init_from)
             print(f"initialised from {t.init_from}" + (f"; kept fresh: {', '.join(kept)}"
                                                         if kept else ""), flush=True)
+        return state
+
+    state = loop.restore_or_init(checkpointer, latest, workdir, trainer.abstract_state,
+                                 init_state, data_iter)
 
     peak = float(t.peak_flops_per_device) or matmul_peak_flops()
-    config_json = config_to_json(config)
-    preemption = _Preemption()
-    start = int(state.step)
-    window_start, window_steps = time.perf_counter(), 0
-    for step in range(start, t.num_steps):
-        batch = trainer.device_batch(next(data_iter))
-        if step == start:
-            trainer.compiled(state, batch)        # compile outside the timed window
-            window_start = time.perf_counter()
-        state, metrics = trainer.step(state, batch)
-        window_steps += 1
-        done = step + 1
-        if done % t.log_every == 0 or done == t.num_steps:
-            scalars = jax.device_get(metrics)
-            elapsed = time.perf_counter() - window_start
-            step_time = elapsed / window_steps
-            scalars.update(step_time=step_time, samples_per_s=d.batch_size / step_time,
-                           mfu=trainer.flops_per_step / step_time / peak)
-            writer.write(done, scalars)
-            window_start, window_steps = time.perf_counter(), 0
-        stop = preemption.requested or done - start == t.stop_after_steps
-        if done % t.checkpoint_every == 0 or done == t.num_steps or stop:
-            checkpointer.save(done, state, data_iter, config_json, force=stop)
-        if stop:
-            break
-    checkpointer.wait()
-    if int(state.step) < t.num_steps:
-        writer.close()
-        checkpointer.close()
-        reason = "SIGTERM" if preemption.requested else "stop_after_steps"
-        print(f"{reason}: checkpointed step {int(state.step)}, stopping", flush=True)
-        if preemption.requested:
-            sys.exit(143)
-        return state, {}
 
-    summary = {}
-    if t.eval_batches:
+    def log_scalars(state, metrics, step_time):
+        scalars = jax.device_get(metrics)
+        scalars.update(step_time=step_time, samples_per_s=d.batch_size / step_time,
+                       mfu=trainer.flops_per_step / step_time / peak)
+        return scalars
+
+    def evaluate(state):
+        if not t.eval_batches:
+            return {}
         eval_source = make_source(config, "val", d.val_path) if d.val_path else source
         eval_batches = make_latent_batches(eval_source, d.batch_size, d.shuffle_seed + 1,
                                            jax.process_index(), jax.process_count(), d.text_rows)
-        summary = trainer.evaluate(state.params, eval_batches, t.eval_batches, config.seed + 1)
-        writer.write(int(state.step), summary, prefix="eval")
-    writer.close()
-    checkpointer.close()
-    return state, summary
+        return trainer.evaluate(state.params, eval_batches, t.eval_batches, config.seed + 1)
+
+    hooks = loop.TrainHooks(device_batch=trainer.device_batch,
+                            train_step=lambda state, batch, step: trainer.step(state, batch),
+                            log_scalars=log_scalars, evaluate=evaluate,
+                            warm_up=trainer.compiled)  # compile outside the timed window
+    return loop.run(config, workdir, checkpointer, state, data_iter, hooks)

@@ -1,7 +1,7 @@
 """Converts the public PyTorch weights of the video-metric feature nets into Orbax checkpoints.
 
 Layouts followed (state dicts read with `torch.load(weights_only=True)` or from safetensors,
-through `tables.TensorSource`):
+through `conversion.TensorSource`):
 
 * `lpips` — two files, as the `lpips` package assembles its model: the torchvision backbone
   (`alexnet-owt-7be5be79.pth`: `features.{0,3,6,8,10}.{weight,bias}`; or `vgg16-397923af.pth`:
@@ -22,7 +22,7 @@ through `tables.TensorSource`):
 parameter of the Flax net is used exactly once, or `ConversionError` names the keys. The width
 divisor and class count are read from the shapes (1 and 1008 / 400 for the public files). The
 checkpoint (step 0) holds `{"params": ...}` and the net config (`kind`, widths, source), from
-which `mtvjax.evaluate.feature_nets.nets.load_feature_net` rebuilds the net.
+which `mtvjax.evaluate.feature_nets.registry.load_feature_net` rebuilds the net.
 """
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ from flax import traverse_util
 
 from mtvjax.checkpoint.conversion import (AS_IS, LINEAR, ConversionError, Entry, Rule, TensorSource,
                                       check_layout, fill_targets)
-from mtvjax.evaluate.feature_nets import nets as fn
+from mtvjax.evaluate.feature_nets import lpips as lp
+from mtvjax.evaluate.feature_nets import registry as fn
 from mtvjax.evaluate.feature_nets import i3d as i3d
 from mtvjax.evaluate.feature_nets import inception as inc
 
@@ -51,7 +52,7 @@ RULES = {
 BN_FIELDS = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"),
              ("running_var", "var"))
 LPIPS_SLICE_KEY = re.compile(r"^net\.slice\d+\.(\d+)\.(weight|bias)$")
-LPIPS_SCALING = {"scaling_layer.shift": fn.LPIPS_SHIFT, "scaling_layer.scale": fn.LPIPS_SCALE}
+LPIPS_SCALING = {"scaling_layer.shift": lp.LPIPS_SHIFT, "scaling_layer.scale": lp.LPIPS_SCALE}
 
 
 def _conv_bn(src: str, dst: tuple, conv: str, conv_rule: str) -> list[Entry]:
@@ -62,11 +63,11 @@ def _conv_bn(src: str, dst: tuple, conv: str, conv_rule: str) -> list[Entry]:
 
 def lpips_table(net: str) -> list[Entry]:
     table = []
-    for i, *_ in fn.lpips_convs(net):
+    for i, *_ in lp.lpips_convs(net):
         table += [Entry(f"features.{i}.weight", (f"features_{i}", "kernel"), "conv2d"),
                   Entry(f"features.{i}.bias", (f"features_{i}", "bias"), "as_is")]
     return table + [Entry(f"lin{k}.model.1.weight", (f"lin{k}", "kernel"), "lin")
-                    for k in range(len(fn.LPIPS_NETS[net]["stages"]))]
+                    for k in range(len(lp.LPIPS_NETS[net]["stages"]))]
 
 
 def inception_table() -> list[Entry]:

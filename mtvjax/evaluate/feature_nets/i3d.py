@@ -28,7 +28,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mtvjax.evaluate.feature_nets.nets import ZEROS, FrozenBatchNorm, max_pool, resize_bilinear
+from mtvjax.evaluate.feature_nets.layers import (ZEROS, FrozenBatchNorm, max_pool,
+                                                 unit_images_to_signed)
 
 FVD_RESOLUTION = 224
 BN_EPS = 1e-3
@@ -135,10 +136,7 @@ class InceptionI3d(nn.Module):
     def __call__(self, videos, resolution: int | None = FVD_RESOLUTION):
         """`videos [N, T, H, W, 3]` in [0, 1] → {"pool": [N, 1024/d], "logits": [N, classes]}."""
         _divisible(self.width_divisor)
-        x = videos.astype(jnp.float32)
-        if resolution:
-            x = resize_bilinear(x, (resolution, resolution))
-        x = 2.0 * x - 1.0
+        x = unit_images_to_signed(videos, resolution)
         for name, kind, arg in I3D_BLOCKS:
             if kind == "unit":
                 out, k, s = arg

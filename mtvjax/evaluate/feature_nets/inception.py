@@ -20,8 +20,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mtvjax.evaluate.feature_nets.nets import (ZEROS, FrozenBatchNorm, avg_pool_exclude_pad,
-                                          max_pool, resize_bilinear)
+from mtvjax.evaluate.feature_nets.layers import (ZEROS, FrozenBatchNorm, avg_pool_exclude_pad,
+                                            max_pool, unit_images_to_signed)
 
 FID_RESOLUTION = 299
 BN_EPS = 1e-3
@@ -177,10 +177,7 @@ class InceptionV3(nn.Module):
         """`images [N, H, W, 3]` in [0, 1] → {"pool": [N, 2048/d], "logits": [N, classes]};
         `resolution=None` skips the resize (the input must then be at least 75 × 75)."""
         _divisible(self.width_divisor)
-        x = images.astype(jnp.float32)
-        if resolution:
-            x = resize_bilinear(x, (resolution, resolution))
-        x = 2.0 * x - 1.0
+        x = unit_images_to_signed(images, resolution)
         for name, kind, arg in INCEPTION_BLOCKS:
             if kind == "conv":
                 out, k, s, p = arg

@@ -1,6 +1,6 @@
 """The CLIP ViT-H/14 vision tower of MV-DiT-17B (Wan-2.1-I2V's image encoder) in Flax linen.
 
-Wan's `open-clip-xlm-roberta-large-vit-huge-14` visual tower (reference_mvdit17b.md §6.6):
+Wan's `open-clip-xlm-roberta-large-vit-huge-14` visual tower (docs/reference/mvdit17b.md §6.6):
 14×14 patch convolution without bias → class token prepended → learned position embeddings
 (257 = 1 + 16²) → pre-LN on the embeddings → pre-LN transformer blocks (width 1280, 16 heads,
 MLP 5120, exact GELU, LayerNorm eps 1e-5 computed in float32) → the hidden state **after block
@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtvjax.models.layers.config_fields import checked_fields
+from mtvjax.models.layers.config_fields import checked_config, config_from_variant
+from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, check_precision_field
+from mtvjax.models.layers.norms import LayerNorm
+from mtvjax.models.layers.param_tree import abstract_params, init_module_params
 from mtvjax.models.layers.param_tree import count_params  # noqa: F401 (part of this module's API)
 
 FAMILY = "clip_vision"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-PRECISIONS = (None, "default", "high", "highest")
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -62,12 +63,8 @@ class CLIPVisionConfig:
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of "
-                                 f"{sorted(DTYPES)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; expected one of {PRECISIONS}")
+        check_dtype_fields(self)
+        check_precision_field(self)
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
@@ -89,9 +86,7 @@ class CLIPVisionConfig:
 
     @classmethod
     def from_fields(cls, fields) -> "CLIPVisionConfig":
-        if isinstance(fields, cls):
-            return fields
-        return cls(**checked_fields(cls, fields, FAMILY, "CLIP vision"))
+        return checked_config(cls, fields, FAMILY, "CLIP vision")
 
 
 def clip_vision_presets() -> dict[str, dict]:
@@ -105,16 +100,8 @@ def clip_vision_presets() -> dict[str, dict]:
 def clip_vision_config(variant: str | Mapping | CLIPVisionConfig = "clip-vit-h-14",
                        **overrides) -> CLIPVisionConfig:
     """A config from a preset name, a fields mapping or a `CLIPVisionConfig`, with overrides."""
-    if isinstance(variant, str):
-        presets = clip_vision_presets()
-        if variant not in presets:
-            raise ValueError(f"unknown CLIP vision variant {variant!r}; presets: {sorted(presets)}")
-        fields = presets[variant]
-    elif isinstance(variant, CLIPVisionConfig):
-        fields = variant.to_fields()
-    else:
-        fields = dict(variant)
-    return CLIPVisionConfig.from_fields({**fields, **overrides})
+    return config_from_variant(CLIPVisionConfig, variant, clip_vision_presets, "CLIP vision",
+                               overrides)
 
 
 def config_from_transformers(config: Mapping, output_layer: int = -2,
@@ -139,27 +126,6 @@ def config_from_transformers(config: Mapping, output_layer: int = -2,
 # ----------------------------------------------------------------------------------------------
 
 
-class LayerNorm(nn.Module):
-    """Affine LayerNorm over the last axis, computed in float32, cast back to `dtype`."""
-
-    eps: float
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        width = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (width,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (width,), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        mean = jnp.mean(xf, axis=-1, keepdims=True)
-        centred = xf - mean
-        var = jnp.mean(centred * centred, axis=-1, keepdims=True)
-        y = centred * jax.lax.rsqrt(var + self.eps) * scale.astype(jnp.float32) + bias.astype(
-            jnp.float32)
-        return y.astype(self.dtype)
-
-
 def _dense(features: int, name: str, cfg: CLIPVisionConfig) -> nn.Dense:
     return nn.Dense(features, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
                     precision=cfg.precision, name=name)
@@ -175,7 +141,7 @@ class CLIPBlock(nn.Module):
         cfg = self.config
         b, length, width = x.shape
         n, d = cfg.num_heads, cfg.head_dim
-        ln = dict(eps=cfg.eps, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype])
+        ln = dict(epsilon=cfg.eps, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype])
         h = LayerNorm(**ln, name="norm1")(x)
         q = _dense(width, "q", cfg)(h).reshape(b, length, n, d)
         k = _dense(width, "k", cfg)(h).reshape(b, length, n, d)
@@ -213,7 +179,7 @@ class CLIPVisionTower(nn.Module):
         pos = self.param("position_embedding", init, (cfg.num_tokens, cfg.width), pdtype)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, cfg.width)), x], axis=1)
         x = x + pos.astype(dtype)[None]
-        x = LayerNorm(cfg.eps, dtype, pdtype, name="pre_norm")(x)
+        x = LayerNorm(cfg.eps, dtype=dtype, param_dtype=pdtype, name="pre_norm")(x)
         if cfg.output_layer:
             blocks = nn.scan(CLIPBlock, variable_axes={"params": 0}, split_rngs={"params": True},
                              length=cfg.output_layer, unroll=cfg.scan_unroll)
@@ -231,23 +197,14 @@ def dummy_inputs(config: CLIPVisionConfig, batch: int = 1) -> tuple:
                       jnp.float32),)
 
 
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: CLIPVisionConfig) -> dict:
-    model = CLIPVisionTower(config)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(config)))[
-        "params"]
-
-
 def param_shapes(config="clip-vit-h-14") -> dict:
     """`params` as ShapeDtypeStructs (no allocation; cached per config)."""
-    return _param_shapes(clip_vision_config(config))
+    return abstract_params(CLIPVisionTower, clip_vision_config(config), dummy_inputs)
 
 
 def init_params(config, rng) -> dict:
     """Freshly initialised params (random; not a trained tower)."""
-    cfg = clip_vision_config(config)
-    model = CLIPVisionTower(cfg)
-    return jax.jit(lambda key: model.init(key, *dummy_inputs(cfg))["params"])(rng)
+    return init_module_params(CLIPVisionTower, clip_vision_config(config), dummy_inputs, rng)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,7 +1,7 @@
 """Converts the MV-DiT-17B condition encoders into mtvjax Orbax checkpoints: the umT5 text
 encoder (`mtvjax.models.encoders.umt5`) and the CLIP ViT-H/14 vision tower (`mtvjax.models.encoders.clip_vision`).
 
-Sources are read through `tables.TensorSource` (a `.safetensors` file, a sharded folder with its
+Sources are read through `conversion.TensorSource` (a `.safetensors` file, a sharded folder with its
 index, or a torch file read with `torch.load(weights_only=True)`), and a prefix on every key
 (`model.`, which MTVCrafter's loader adds; `text_encoder.`, `image_encoder.`, `module.`) is
 dropped. Layouts, told apart by their keys:
@@ -34,7 +34,7 @@ dropped. Layouts, told apart by their keys:
   top-level text keys), `logit_scale` / `log_scale`, `position_ids`.
 
 Every other source tensor and every parameter is used exactly once with matching shapes, or one
-`tables.ConversionError` names the keys (unused, missing, shape mismatches). The checkpoint
+`conversion.ConversionError` names the keys (unused, missing, shape mismatches). The checkpoint
 (step 0) holds `{"params": ...}` and `{"family", "variant", "model": fields, "conversion":
 report}`; the report has a `fingerprint` of the converted weights, and `checkpoint_id(dst)` (the
 text cache's key) is derived from it. `variant`: a preset name, a fields dict, a config, or None
@@ -43,19 +43,16 @@ to read the sizes from the shapes (and a transformers `config.json` beside the w
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mtvjax.checkpoint.manager import Checkpointer, abstract_like, read_config
 from mtvjax.checkpoint.conversion import (AS_IS, LINEAR, ConversionError, Entry, Rule, TensorSource,
-                                      check_layout, fill_targets, format_keys)
+                                          check_layout, fill_targets, folder_config, format_keys,
+                                          strip_prefix)
+from mtvjax.checkpoint.converted import save_converted
 from mtvjax.models.encoders import clip_vision as C
 from mtvjax.models.encoders import umt5 as T
 
@@ -77,28 +74,13 @@ FINGERPRINT_SAMPLES = 65536
 # ----------------------------------------------------------------------------------------------
 
 
-def _view(source: TensorSource, shapes: dict, getters: dict) -> TensorSource:
-    return TensorSource(source.path, shapes, getters, [source.close])
-
-
-def strip_prefix(source: TensorSource) -> TensorSource:
-    """The same tensors without a prefix that every key carries (`model.` etc.)."""
-    keys = list(source.keys())
-    for prefix in PREFIXES:
-        if keys and all(k.startswith(prefix) for k in keys):
-            n = len(prefix)
-            return _view(source, {k[n:]: s for k, s in source.shapes.items()},
-                         {k[n:]: (lambda k=k: source.get(k)) for k in keys})
-    return source
-
-
 def without(source: TensorSource, skip) -> tuple[TensorSource, list[str]]:
     """(view without the keys `skip(key)` is true for, the skipped keys)."""
     skipped = sorted(k for k in source.keys() if skip(k))
     dropped = set(skipped)
     keep = [k for k in source.keys() if k not in dropped]
-    return (_view(source, {k: source.shapes[k] for k in keep},
-                  {k: (lambda k=k: source.get(k)) for k in keep}), skipped)
+    return (source.view({k: source.shapes[k] for k in keep},
+                        {k: (lambda k=k: source.get(k)) for k in keep}), skipped)
 
 
 def split_fused(source: TensorSource, fused) -> TensorSource:
@@ -117,23 +99,12 @@ def split_fused(source: TensorSource, fused) -> TensorSource:
             name = key + SPLIT.format(part)
             shapes[name] = (rows,) + tuple(shape[1:])
             getters[name] = (lambda k=key, i=i, r=rows: source.get(k)[i * r:(i + 1) * r])
-    return _view(source, shapes, getters)
+    return source.view(shapes, getters)
 
 
 def _layer_indices(keys, pattern: str) -> list[int]:
     regex = re.compile(pattern)
     return sorted({int(m.group(1)) for k in keys if (m := regex.match(k))})
-
-
-def _folder_config(path: Path) -> dict | None:
-    folder = path if path.is_dir() else path.parent
-    file = folder / "config.json"
-    if not file.is_file():
-        return None
-    try:
-        return json.loads(file.read_text())
-    except ValueError as e:
-        raise ConversionError(file, f"invalid JSON ({e})") from e
 
 
 def _fingerprint(params: dict) -> str:
@@ -167,7 +138,7 @@ def umt5_naming(keys) -> str:
 
 def umt5_table(config: T.UMT5Config, naming: str, embedding_key: str = "shared.weight"
                ) -> list[Entry]:
-    """`tables.Entry` list for naming "transformers" or "wan"."""
+    """`conversion.Entry` list for naming "transformers" or "wan"."""
     L = ("layers",)
     rows = []
     if naming == "transformers":
@@ -253,7 +224,7 @@ def infer_umt5_fields(shapes: dict, naming: str, config_json: dict | None = None
 def convert_umt5_state_dict(src, variant="umt5-xxl") -> tuple[T.UMT5Config, dict, dict]:
     """In memory: (config, float32 params, report) from a file or folder."""
     path = Path(src)
-    source = strip_prefix(TensorSource.open(path))
+    source = strip_prefix(TensorSource.open(path), PREFIXES)
     try:
         naming = umt5_naming(source.keys())
         skip, embedding = _umt5_skip(naming, source.keys())
@@ -261,7 +232,7 @@ def convert_umt5_state_dict(src, variant="umt5-xxl") -> tuple[T.UMT5Config, dict
         if variant is None:
             config = T.umt5_config({**T.umt5_presets()["umt5-xxl"],
                                     **infer_umt5_fields(source.shapes, naming,
-                                                        _folder_config(path))})
+                                                        folder_config(path))})
             name = "inferred"
         else:
             try:
@@ -309,8 +280,7 @@ def add_vision_model_prefix(source: TensorSource) -> TensorSource:
         return source
     names = {k: ("vision_model." + k if k.startswith(HF_VISION_PARTS) else k)
              for k in source.keys()}
-    return _view(source, {names[k]: s for k, s in source.shapes.items()},
-                 {names[k]: (lambda k=k: source.get(k)) for k in source.keys()})
+    return source.renamed(names)
 
 
 def clip_naming(keys, label="CLIP") -> str:
@@ -360,7 +330,7 @@ def _clip_layer_rows(naming: str, i: int) -> list[tuple]:
 
 
 def clip_table(config: C.CLIPVisionConfig, naming: str) -> list[Entry]:
-    """`tables.Entry` list for naming "transformers", "wan" or "open_clip" (fused q|k|v under
+    """`conversion.Entry` list for naming "transformers", "wan" or "open_clip" (fused q|k|v under
     their `KEY[q]` / `KEY[k]` / `KEY[v]` views)."""
     embed = {
         "transformers": [("vision_model.embeddings.patch_embedding.weight", "conv2d"),
@@ -435,14 +405,14 @@ def convert_clip_state_dict(src, variant="clip-vit-h-14"
                             ) -> tuple[C.CLIPVisionConfig, dict, dict]:
     """In memory: (config, float32 params, report) from a file or folder."""
     path = Path(src)
-    source = add_vision_model_prefix(strip_prefix(TensorSource.open(path)))
+    source = add_vision_model_prefix(strip_prefix(TensorSource.open(path), PREFIXES))
     try:
         naming = clip_naming(source.keys(), path)
         layers = _layer_indices(source.keys(), CLIP_LAYOUTS[naming][1])
         if variant is None:
             config = C.clip_vision_config({**C.clip_vision_presets()["clip-vit-h-14"],
                                            **infer_clip_fields(source.shapes, naming,
-                                                               _folder_config(path))})
+                                                               folder_config(path))})
             name = "inferred"
         else:
             try:
@@ -478,21 +448,6 @@ def convert_clip_state_dict(src, variant="clip-vit-h-14"
 # ----------------------------------------------------------------------------------------------
 
 
-def save_converted(dst, family: str, config, params, report) -> dict:
-    """Writes `{"params": params}` as step 0 under `dst` (absent or empty) with the JSON
-    `{family, variant, model: config fields, conversion: report}` the loaders read."""
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise FileExistsError(f"{dst}: destination exists and is not an empty folder")
-    config_json = {"family": family, "variant": report["variant"],
-                   "model": config.to_fields(), "conversion": report}
-    checkpointer = Checkpointer(dst, keep=None)
-    checkpointer.save(0, {"params": params}, None, config_json, force=True)
-    checkpointer.wait()
-    checkpointer.close()
-    return {**report, "dst": dst, "step": 0, "model": config.to_fields()}
-
-
 def convert_umt5(src, dst, variant="umt5-xxl") -> dict:
     """Converts umT5 encoder weights at `src` (transformers or Wan naming) into an Orbax
     checkpoint (step 0) under `dst` (absent or empty). Returns a summary dict."""
@@ -505,37 +460,3 @@ def convert_clip_vision(src, dst, variant="clip-vit-h-14") -> dict:
     Orbax checkpoint (step 0) under `dst`. Returns a summary dict."""
     config, params, report = convert_clip_state_dict(src, variant)
     return save_converted(dst, C.FAMILY, config, params, report)
-
-
-def _load(directory, family: str, make, shapes_fn, step=None):
-    directory = str(directory)
-    config_json, step = read_config(directory, step)
-    if config_json.get("family") != family:
-        raise ValueError(f"{directory}: not a {family} checkpoint "
-                         f"(family {config_json.get('family')!r})")
-    config = make(config_json["model"])
-    abstract = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32),
-                                       shapes_fn(config))}
-    checkpointer = Checkpointer(directory, keep=None, create=False)
-    state = checkpointer.restore(step, abstract_like(abstract))
-    checkpointer.close()
-    return config, state["params"]
-
-
-def load_umt5(directory, step: int | None = None) -> tuple[T.UMT5Config, dict]:
-    """(config, float32 params) of a checkpoint written by `convert_umt5`."""
-    return _load(directory, T.FAMILY, T.umt5_config, T.param_shapes, step)
-
-
-def load_clip_vision(directory, step: int | None = None) -> tuple[C.CLIPVisionConfig, dict]:
-    """(config, float32 params) of a checkpoint written by `convert_clip_vision`."""
-    return _load(directory, C.FAMILY, C.clip_vision_config, C.param_shapes, step)
-
-
-def checkpoint_id(directory, step: int | None = None) -> str:
-    """A stable id of a converted encoder checkpoint: sha256 of its family, model fields and
-    weight fingerprint (not of its path), so copies of a checkpoint share cached embeddings."""
-    config_json, _ = read_config(str(directory), step)
-    identity = {"family": config_json.get("family"), "model": config_json.get("model"),
-                "fingerprint": config_json.get("conversion", {}).get("fingerprint")}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

@@ -1,5 +1,5 @@
 """Image preprocessing for the CLIP vision tower, exactly as the Wan-2.1-I2V / MV-DiT-17B pipeline
-does it (reference_mvdit17b.md §6.6), plus the transformers `CLIPImageProcessor` recipe.
+does it (docs/reference/mvdit17b.md §6.6), plus the transformers `CLIPImageProcessor` recipe.
 
 **Pipeline recipe** (`clip_preprocess`, the default): the reference image in [−1, 1] (already
 resized to its resolution bucket) is

@@ -1,6 +1,6 @@
 """The umT5 text encoder of MV-DiT-17B (Wan-2.1's `umt5-xxl` encoder) in Flax linen.
 
-Encoder only (reference_mvdit17b.md §6.6): token embedding (no scaling) → `num_layers` pre-norm
+Encoder only (docs/reference/mvdit17b.md §6.6): token embedding (no scaling) → `num_layers` pre-norm
 blocks → final RMS norm. Each block:
 
 * RMS norm (no mean subtraction, no bias, eps 1e-6, computed in float32);
@@ -34,19 +34,20 @@ import functools
 import hashlib
 import json
 import math
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtvjax.models.layers.config_fields import checked_fields
+from mtvjax.models.layers.config_fields import checked_config, config_from_variant
+from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, check_precision_field
+from mtvjax.models.layers.norms import RMSNorm
+from mtvjax.models.layers.param_tree import abstract_params, init_module_params
 from mtvjax.models.layers.param_tree import count_params  # noqa: F401 (part of this module's API)
 
 FAMILY = "umt5"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-PRECISIONS = (None, "default", "high", "highest")
 # FFN activations by their transformers names (umT5's "gated-gelu" uses gelu_new = tanh GELU).
 ACTIVATIONS = {
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -81,12 +82,8 @@ class UMT5Config:
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of "
-                                 f"{sorted(DTYPES)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; expected one of {PRECISIONS}")
+        check_dtype_fields(self)
+        check_precision_field(self)
         if min(self.vocab_size, self.dim, self.num_heads, self.head_dim, self.ffn_dim,
                self.num_layers, self.text_len) < 1:
             raise ValueError("sizes must be positive")
@@ -104,9 +101,7 @@ class UMT5Config:
 
     @classmethod
     def from_fields(cls, fields) -> "UMT5Config":
-        if isinstance(fields, cls):
-            return fields
-        return cls(**checked_fields(cls, fields, FAMILY, "umT5"))
+        return checked_config(cls, fields, FAMILY, "umT5")
 
 
 def umt5_presets() -> dict[str, dict]:
@@ -119,16 +114,7 @@ def umt5_presets() -> dict[str, dict]:
 
 def umt5_config(variant: str | Mapping | UMT5Config = "umt5-xxl", **overrides) -> UMT5Config:
     """A config from a preset name, a fields mapping or a `UMT5Config`, with overrides."""
-    if isinstance(variant, str):
-        presets = umt5_presets()
-        if variant not in presets:
-            raise ValueError(f"unknown umT5 variant {variant!r}; presets: {sorted(presets)}")
-        fields = presets[variant]
-    elif isinstance(variant, UMT5Config):
-        fields = variant.to_fields()
-    else:
-        fields = dict(variant)
-    return UMT5Config.from_fields({**fields, **overrides})
+    return config_from_variant(UMT5Config, variant, umt5_presets, "umT5", overrides)
 
 
 def config_from_transformers(config: Mapping, **overrides) -> UMT5Config:
@@ -174,21 +160,6 @@ def relative_position_buckets(q_len: int, k_len: int, num_buckets: int,
 # ----------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------
-
-
-class RMSNorm(nn.Module):
-    """T5 layer norm: x / sqrt(mean(x²) + eps) · scale, in float32, no mean, no bias."""
-
-    eps: float
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return y.astype(self.dtype) * scale.astype(self.dtype)
 
 
 def _dense(features: int, name: str, cfg: UMT5Config) -> nn.Dense:
@@ -243,7 +214,7 @@ class UMT5Layer(nn.Module):
     @nn.compact
     def __call__(self, x, buckets, key_mask):
         cfg = self.config
-        kw = dict(eps=cfg.eps, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype])
+        kw = dict(epsilon=cfg.eps, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype])
         x = x + UMT5Attention(cfg, name="attn")(RMSNorm(**kw, name="norm1")(x), buckets, key_mask)
         x = x + UMT5FeedForward(cfg, name="ffn")(RMSNorm(**kw, name="norm2")(x))
         return x, None
@@ -268,7 +239,8 @@ class UMT5Encoder(nn.Module):
                          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                          unroll=cfg.scan_unroll)
         x, _ = layers(cfg, name="layers")(x, buckets, key_mask)
-        return RMSNorm(cfg.eps, DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], name="final_norm")(x)
+        return RMSNorm(cfg.eps, dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype],
+                       name="final_norm")(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,23 +252,14 @@ def dummy_inputs(config: UMT5Config, batch: int = 1) -> tuple:
     return jnp.zeros((batch, 2), jnp.int32), jnp.ones((batch, 2), jnp.int32)
 
 
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: UMT5Config) -> dict:
-    model = UMT5Encoder(config)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(config)))[
-        "params"]
-
-
 def param_shapes(config="umt5-xxl") -> dict:
     """`params` as ShapeDtypeStructs (no allocation; cached per config)."""
-    return _param_shapes(umt5_config(config))
+    return abstract_params(UMT5Encoder, umt5_config(config), dummy_inputs)
 
 
 def init_params(config, rng) -> dict:
     """Freshly initialised params (random; not a trained encoder)."""
-    cfg = umt5_config(config)
-    model = UMT5Encoder(cfg)
-    return jax.jit(lambda key: model.init(key, *dummy_inputs(cfg))["params"])(rng)
+    return init_module_params(UMT5Encoder, umt5_config(config), dummy_inputs, rng)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,29 +351,6 @@ class TextEncoder:
         if callable(self._params):
             self._params = self._params()
         return self._params
-
-    @classmethod
-    def from_checkpoint(cls, directory, tokenizer, *, dtype: str | None = None,
-                        batch_size: int = 4) -> "TextEncoder":
-        """From a checkpoint written by `convert_umt5` (params read on first use); `tokenizer`
-        is a tokenizer or the folder to load one from. `dtype`: compute dtype override (the
-        released pipeline runs umT5 in "bfloat16")."""
-        from mtvjax.models.encoders.convert import checkpoint_id, load_umt5
-        from mtvjax.checkpoint.manager import read_config
-        fields, _ = read_config(str(directory))
-        config = umt5_config(fields["model"])
-        if dtype is not None:
-            config = dataclasses.replace(config, dtype=dtype)
-        if isinstance(tokenizer, (str, bytes)) or hasattr(tokenizer, "__fspath__"):
-            tokenizer = load_tokenizer(tokenizer)
-        def params():
-            loaded = load_umt5(directory)[1]
-            if config.dtype != "float32":   # halve the memory; Wan's weights are bf16 anyway
-                loaded = jax.tree.map(lambda a: jnp.asarray(a, DTYPES[config.dtype]), loaded)
-            return loaded
-
-        return cls(params, config, tokenizer,
-                   checkpoint_id=checkpoint_id(directory), batch_size=batch_size)
 
     def __call__(self, prompts: Sequence[str]) -> list[np.ndarray]:
         prompts = list(prompts)

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtvjax.models.layers.norms import LayerNorm, RMSNorm
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
 
 AttentionFn = Callable[..., jax.Array]
@@ -123,47 +124,6 @@ register_attention_implementation("auto", _auto)
 register_attention_implementation("xla", _jax_sdpa("xla"))
 register_attention_implementation("cudnn", _jax_sdpa("cudnn"))
 register_attention_implementation("reference", _reference)
-
-
-# ----------------------------------------------------------------------------------------------
-# Norms (computed in float32, cast back to the input dtype)
-# ----------------------------------------------------------------------------------------------
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the last axis; affine applied in float32 before the cast back (torch LN)."""
-
-    epsilon: float = 1e-6
-    use_scale: bool = True
-    use_bias: bool = True
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        compute = jnp.promote_types(x.dtype, jnp.float32)
-        xf = x.astype(compute)
-        mean = xf.mean(axis=-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.use_scale:
-            y = y * self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (x.shape[-1],), self.param_dtype)
-        return y.astype(x.dtype)
-
-
-class RMSNorm(nn.Module):
-    """Wan's RMSNorm: x / sqrt(mean(x²) + eps) in float32, cast back, then times the weight."""
-
-    epsilon: float = 1e-6
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        y = (xf * jax.lax.rsqrt(jnp.square(xf).mean(axis=-1, keepdims=True) + self.epsilon))
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-        return y.astype(x.dtype) * scale.astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

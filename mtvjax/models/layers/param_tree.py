@@ -1,9 +1,31 @@
-"""Small facts about parameter trees shared by every model module."""
+"""Parameter trees of model modules built from one frozen config: abstract shapes, fresh
+initialisation and value counts, shared by every model module.
+
+A model module here is a Flax class constructed as `module_cls(config)` (a hashable frozen
+config) whose `init` takes `dummy_inputs(config)`: the smallest inputs that create every
+parameter.
+"""
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
+
+
+@functools.lru_cache(maxsize=32)
+def abstract_params(module_cls, config, dummy_inputs) -> dict:
+    """`params` of `module_cls(config).init` as ShapeDtypeStructs (`jax.eval_shape`: nothing is
+    allocated; cached per module class and config). Boxed leaves stay boxed."""
+    model = module_cls(config)
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(config)))[
+        "params"]
+
+
+def init_module_params(module_cls, config, dummy_inputs, rng) -> dict:
+    """Freshly initialised `params` of `module_cls(config)` from `rng` (jitted init)."""
+    model = module_cls(config)
+    return jax.jit(lambda key: model.init(key, *dummy_inputs(config))["params"])(rng)
 
 
 def count_params(tree) -> int:

@@ -4,8 +4,8 @@ A table is a `RopeTable(cos, sin)`, each `[seq, head_dim // 2]` float32: one col
 pair, bands concatenated along the pair axis. The layout decides which channels form pair i:
 
 * ``"interleaved"``: channels (2i, 2i+1). Both released families use it: the 7B through diffusers'
-  repeat-interleaved real tables (reference_mvdit7b.md §4), the 17B through Wan's
-  ``view_as_complex(x.reshape(..., -1, 2))`` (reference_mvdit17b.md §5.1, §5.2).
+  repeat-interleaved real tables (docs/reference/mvdit7b.md §4), the 17B through Wan's
+  ``view_as_complex(x.reshape(..., -1, 2))`` (docs/reference/mvdit17b.md §5.1, §5.2).
 * ``"half_split"``: channels (i, i + head_dim/2) (GPT-NeoX / Llama ``rotate_half``). Not used by any
   released MTVCrafter model; offered for other backbones.
 
@@ -27,7 +27,7 @@ LAYOUTS = (INTERLEAVED, HALF_SPLIT)
 
 DEFAULT_THETA = 10000.0
 NUM_JOINTS = 24
-WAN_MAX_POSITIONS = 1024  # Wan precomputes 1024 positions per axis (reference_mvdit17b.md §1).
+WAN_MAX_POSITIONS = 1024  # Wan precomputes 1024 positions per axis (docs/reference/mvdit17b.md §1).
 
 
 class RopeTable(NamedTuple):

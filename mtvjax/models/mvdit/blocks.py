@@ -1,6 +1,7 @@
-"""Building blocks shared by the MV-DiT families: linear layers and norms with logical axis names,
-the sinusoidal timestep embedding, AdaLN modulation, the GELU feed-forward, and an attention
-module with per-projection logical axes and optional norms on q, k and v.
+"""Building blocks shared by the MV-DiT families: linear layers with logical axis names, the
+sinusoidal timestep embedding, AdaLN modulation, the GELU feed-forward, and an attention module
+with per-projection logical axes, optional norms on q, k and v (`layers.norms.LayerNorm` with
+logical axes) and an optional key mask.
 
 Every parameter is created through `nn.with_logical_partitioning`, so `model.init` returns boxed
 `nn.LogicallyPartitioned` leaves whose logical names a sharding step maps to mesh axes with
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from mtvjax.models.layers.attention import dot_product_attention, split_heads
+from mtvjax.models.layers.norms import LayerNorm
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
 
 Axes = Sequence[str | None]
@@ -46,6 +48,12 @@ def torch_linear_init(fan_in_axis: int = 0) -> Callable:
         bound = 1.0 / math.sqrt(shape[fan_in_axis])
         return jax.random.uniform(key, shape, dtype, -bound, bound)
     return init
+
+
+def output_init(zero: bool) -> Callable:
+    """Kernel initialiser of an output projection: zeros (the layer starts as a no-op on the
+    residual stream) or the default LeCun normal."""
+    return nn.initializers.zeros if zero else nn.initializers.lecun_normal()
 
 
 def resolve_precision(precision):
@@ -83,30 +91,6 @@ class Linear(nn.Module):
                               (self.features,), self.param_dtype)
             y = y + bias.astype(dtype)
         return y
-
-
-class LayerNorm(nn.Module):
-    """torch LayerNorm over the last axis in float32 (two-pass variance), cast back; the affine
-    `scale`/`bias` carry the logical name `axis_name`. Same maths as `attention.LayerNorm`."""
-
-    epsilon: float = 1e-5
-    use_affine: bool = True
-    axis_name: str | None = "embed"
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        mean = xf.mean(axis=-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.use_affine:
-            axes = (self.axis_name,)
-            y = y * self.param("scale", logical(nn.initializers.ones, axes), (x.shape[-1],),
-                               self.param_dtype)
-            y = y + self.param("bias", logical(nn.initializers.zeros, axes), (x.shape[-1],),
-                               self.param_dtype)
-        return y.astype(x.dtype)
 
 
 def timestep_sinusoid(timesteps, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
@@ -194,16 +178,18 @@ class AdaLNModulation(nn.Module):
                              param_dtype=self.param_dtype, precision=self.precision,
                              name="linear")(emb_act)
         chunks = dict(zip(self.order, jnp.split(m[:, None, :], len(self.order), axis=-1)))
-        h = LayerNorm(self.epsilon, axis_name="embed", param_dtype=self.param_dtype,
+        h = LayerNorm(self.epsilon, logical_axes=("embed",), param_dtype=self.param_dtype,
                       name="norm")(x)
         h = h * (1 + chunks.pop("scale")) + chunks.pop("shift")
         return h, chunks
 
 
 class FeedForward(nn.Module):
-    """diffusers FeedForward "gelu-approximate": `net_0` (D → inner), tanh-GELU, `net_2`."""
+    """diffusers FeedForward "gelu-approximate": `net_0` (D → inner), tanh-GELU, `net_2`
+    (optionally zero-initialised)."""
 
     inner_features: int
+    out_zero_init: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None
@@ -213,7 +199,8 @@ class FeedForward(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         h = Linear(self.inner_features, ("embed", "mlp"), name="net_0", **kw)(x)
         h = jax.nn.gelu(h, approximate=True)
-        return Linear(x.shape[-1], ("mlp", "embed"), name="net_2", **kw)(h)
+        return Linear(x.shape[-1], ("mlp", "embed"), kernel_init=output_init(self.out_zero_init),
+                      name="net_2", **kw)(h)
 
 
 class MVAttention(nn.Module):
@@ -223,7 +210,8 @@ class MVAttention(nn.Module):
     Order: project → split heads (channel = head·head_dim + i) → norms → RoPE (q by `q_rope`, k
     by `k_rope`; v is never rotated) → SDPA through the `attention.dot_product_attention`
     registry → merge heads → `to_out`. Same maths as `attention.cogvideox_attention`, plus
-    logical axes per projection, `norm_v` and a zero-initialisable output projection.
+    logical axes per projection, `norm_v`, a boolean key `mask` and a zero-initialisable output
+    projection.
     """
 
     num_heads: int
@@ -240,7 +228,8 @@ class MVAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, context=None, *, q_rope: RopeTable | None = None,
-                 k_rope: RopeTable | None = None):
+                 k_rope: RopeTable | None = None, mask=None):
+        """`mask` (bool, True = attend) is broadcastable to `[B, heads, T, S]`."""
         context = x if context is None else context
         inner = self.num_heads * self.head_dim
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
@@ -250,7 +239,7 @@ class MVAttention(nn.Module):
         q, k, v = (split_heads(a, self.num_heads) for a in (q, k, v))
 
         def norm(name):
-            return LayerNorm(self.norm_eps, axis_name="kv", param_dtype=self.param_dtype,
+            return LayerNorm(self.norm_eps, logical_axes=("kv",), param_dtype=self.param_dtype,
                              name=name)
         if self.qk_norm:
             q, k = norm("norm_q")(q), norm("norm_k")(k)
@@ -260,25 +249,8 @@ class MVAttention(nn.Module):
             q = apply_rope(q, q_rope, self.rope_layout)
         if k_rope is not None:
             k = apply_rope(k, k_rope, self.rope_layout)
-        out = dot_product_attention(q, k, v, implementation=self.implementation)
+        out = dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
         out = out.reshape(*out.shape[:2], inner)
-        init = nn.initializers.zeros if self.out_zero_init else nn.initializers.lecun_normal()
-        return Linear(x.shape[-1], ("heads", "embed"), kernel_init=init, name="to_out", **kw)(out)
+        return Linear(x.shape[-1], ("heads", "embed"), kernel_init=output_init(self.out_zero_init),
+                      name="to_out", **kw)(out)
 
-
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
-                  "nothing_saveable", "everything_saveable")
-
-
-def remat_policy(name: str):
-    """(use_remat, policy) for a config name: "none" → no rematerialisation; "full" → recompute
-    everything in the backward pass; otherwise a `jax.checkpoint_policies` member by name."""
-    if name in ("none", "", None):
-        return False, None
-    if name == "full":
-        return True, None
-    policy = getattr(jax.checkpoint_policies, name, None)
-    if policy is None:
-        raise ValueError(f"unknown remat policy {name!r}; expected one of {REMAT_POLICIES} or "
-                         "another jax.checkpoint_policies name")
-    return True, policy

@@ -71,10 +71,10 @@ import ml_collections
 import numpy as np
 
 from mtvjax.data.skeleton import BONES, NUM_JOINTS
-from mtvjax.models.layers.attention import dot_product_attention, split_heads
 from mtvjax.models.mvdit.camera import (DEFAULT_FOV_DEGREES, Camera, align_leading, plucker_rays,
                                   project_to_ndc, video_token_ndc)
-from mtvjax.models.mvdit.blocks import LayerNorm, Linear, logical
+from mtvjax.models.layers.norms import LayerNorm
+from mtvjax.models.mvdit.blocks import FeedForward, Linear, MVAttention, logical, output_init
 
 TEMPORAL_COMPRESSION = 4
 FRAME_RULES = ("group", "last")
@@ -231,62 +231,9 @@ class PluckerEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, rays):
-        init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
-        return Linear(self.width, (None, "embed"), kernel_init=init, name="proj",
-                      dtype=self.dtype, param_dtype=self.param_dtype,
+        return Linear(self.width, (None, "embed"), kernel_init=output_init(self.zero_init),
+                      name="proj", dtype=self.dtype, param_dtype=self.param_dtype,
                       precision=self.precision)(rays)
-
-
-class ISACrossAttention(nn.Module):
-    """Cross-attention `x [N, T, D]` ← `context [N, S, D]` with a boolean key mask: biased
-    `to_q`/`to_k`/`to_v`/`to_out`, per-head LayerNorm on q and k, SDPA through the
-    `attention.dot_product_attention` registry; `to_out` optionally zero-initialised."""
-
-    num_heads: int
-    head_dim: int
-    qk_norm: bool = True
-    norm_eps: float = 1e-6
-    out_zero_init: bool = False
-    implementation: str | None = None
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x, context, mask=None):
-        inner = self.num_heads * self.head_dim
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        q = Linear(inner, ("embed", "heads"), name="to_q", **kw)(x)
-        k = Linear(inner, ("embed", "heads"), name="to_k", **kw)(context)
-        v = Linear(inner, ("embed", "heads"), name="to_v", **kw)(context)
-        q, k, v = (split_heads(a, self.num_heads) for a in (q, k, v))
-        if self.qk_norm:
-            q = LayerNorm(self.norm_eps, axis_name="kv", param_dtype=self.param_dtype,
-                          name="norm_q")(q)
-            k = LayerNorm(self.norm_eps, axis_name="kv", param_dtype=self.param_dtype,
-                          name="norm_k")(k)
-        out = dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
-        out = out.reshape(*out.shape[:2], inner)
-        init = nn.initializers.zeros if self.out_zero_init else nn.initializers.lecun_normal()
-        return Linear(x.shape[-1], ("heads", "embed"), kernel_init=init, name="to_out", **kw)(out)
-
-
-class ISAFeedForward(nn.Module):
-    """`net_0` (D → ratio·D), tanh-GELU, `net_2` (optionally zero-initialised)."""
-
-    mlp_ratio: int = 4
-    out_zero_init: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        h = Linear(self.mlp_ratio * x.shape[-1], ("embed", "mlp"), name="net_0", **kw)(x)
-        init = nn.initializers.zeros if self.out_zero_init else nn.initializers.lecun_normal()
-        return Linear(x.shape[-1], ("mlp", "embed"), kernel_init=init, name="net_2",
-                      **kw)(jax.nn.gelu(h, approximate=True))
 
 
 class ISABlock(nn.Module):
@@ -348,7 +295,7 @@ class ISABlock(nn.Module):
         pe_v = ndc_encoding(video_token_ndc((1, grid_h, grid_w)), width, self.pe_max_frequency)
         pe_p = ndc_encoding(project_to_ndc(points3d, camera, self.depth), width,
                             self.pe_max_frequency)
-        norm = dict(epsilon=self.norm_eps, param_dtype=self.param_dtype)
+        norm = dict(epsilon=self.norm_eps, logical_axes=("embed",), param_dtype=self.param_dtype)
         h_v = LayerNorm(name="norm_video", **norm)(x_v) + pe_v.astype(dtype)       # [B, F, hw, D]
         h_p = LayerNorm(name="norm_points", **norm)(point_tokens) + pe_p.astype(dtype)
         h_v = h_v.reshape(batch * frames, hw, width)                             # frames → batch
@@ -366,17 +313,17 @@ class ISABlock(nn.Module):
             # masked softmax, whose NaN some kernels would also put into the gradient).
             key_mask = (point_mask | ~valid[..., None]).reshape(batch * frames, 1, 1, num_points)
         valid = valid[:, :, None, None]
-        d_v = ISACrossAttention(out_zero_init=self.zero_init, name="video_from_points",
-                                **attn)(h_v, h_p, key_mask)
-        d_p = ISACrossAttention(name="points_from_video", **attn)(h_p, h_v)
+        d_v = MVAttention(out_zero_init=self.zero_init, name="video_from_points",
+                          **attn)(h_v, h_p, mask=key_mask)
+        d_p = MVAttention(name="points_from_video", **attn)(h_p, h_v)
         x_v = x_v + jnp.where(valid, d_v.reshape(batch, frames, hw, width), 0)
         x_p = point_tokens + d_p.reshape(batch, frames, num_points, width)
 
-        ffn = dict(mlp_ratio=self.mlp_ratio, **kw)
-        d_v = ISAFeedForward(out_zero_init=self.zero_init, name="ff_video", **ffn)(
+        inner = self.mlp_ratio * width
+        d_v = FeedForward(inner, out_zero_init=self.zero_init, name="ff_video", **kw)(
             LayerNorm(name="norm_video_ff", **norm)(x_v))
         x_v = x_v + jnp.where(valid, d_v, 0)
-        x_p = x_p + ISAFeedForward(name="ff_points", **ffn)(
+        x_p = x_p + FeedForward(inner, name="ff_points", **kw)(
             LayerNorm(name="norm_points_ff", **norm)(x_p))
         return x_v.reshape(batch, seq, width).astype(video_tokens.dtype), x_p
 

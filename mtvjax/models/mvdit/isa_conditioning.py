@@ -13,8 +13,8 @@
   (`isa_points`, a `PointEmbed`), and the point tokens are carried from ISA block to ISA block.
   Camera: the default pinhole (`isa.fov_degrees` on the longer side) over the video's pixel size
   (latent H·8 × W·8), or an explicit `camera.Camera` passed to the model call.
-  Condition dropout / the CFG unconditional branch: the per-example drop flag (7B `use_uncond`,
-  17B `motion_drop`) masks all of that example's points, which leaves its video stream unchanged
+  Condition dropout / the CFG unconditional branch: the per-example drop flag (`motion_drop`,
+  both families) masks all of that example's points, which leaves its video stream unchanged
   by every ISA block (the "no condition" path of `ISABlock`); no learned unconditional tokens.
 
 `ISASettings` is the hashable form of the `model.isa` section (`isa.isa_config()`), usable as a

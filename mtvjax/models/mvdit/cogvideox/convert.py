@@ -3,7 +3,7 @@
 Two sources (`source_format`, "auto" picks by the presence of `unconditional_motion_token` or
 `attn0` keys):
 
-* "mvdit7b": the released MTVCrafter transformer (reference_mvdit7b.md §2): every tensor maps to
+* "mvdit7b": the released MTVCrafter transformer (docs/reference/mvdit7b.md §2): every tensor maps to
   exactly one Flax parameter (slot).
 * "cogvideox": the diffusers CogVideoX(-5B) transformer the paper starts from. Its tensors map
   the same way, except that
@@ -38,13 +38,14 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from mtvjax.checkpoint.manager import Checkpointer, abstract_like, config_to_json, read_config
+from mtvjax.checkpoint.converted import prepare_destination, restore_like, write_step0
+from mtvjax.checkpoint.manager import config_to_json, read_config
 from mtvjax.checkpoint.conversion import (AS_IS, LINEAR, ConversionError, Entry, Rule, TensorSource,
                                       check_layout, fill_targets)
 from mtvjax.config import load_config
 from mtvjax.models.mvdit.cogvideox import model as mv
 
-CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "mvdit.py"
+CONFIG_FILE = Path(__file__).resolve().parents[4] / "configs" / "mvdit.py"
 SOURCE_FORMATS = ("auto", "mvdit7b", "cogvideox")
 UNCOND = ("unconditional_motion_token",)
 ATTN_PROJ = (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out.0", "to_out"))
@@ -305,20 +306,16 @@ def convert_mvdit7b(src, dst, variant="7b", source_format: str = "auto", seed: i
     read from the file). `joint_positions_path`: the dataset `mean.npy` for the motion RoPE; its
     values are stored in the config. `seed` drives the fresh parameters of the base path.
     """
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise FileExistsError(f"{dst}: destination exists and is not an empty folder")
+    dst = prepare_destination(dst)
     config, params, summary = load_params(src, variant, source_format, seed,
                                           joint_positions_path)
     save_params(dst, params, config)
     return {**summary, "dst": dst, "step": 0}
 
 
-def save_params(dst, params, config, step: int = 0) -> None:
-    checkpointer = Checkpointer(dst, keep=None)
-    checkpointer.save(step, {"params": params}, None, config_to_json(config), force=True)
-    checkpointer.wait()
-    checkpointer.close()
+def save_params(dst, params, config) -> None:
+    """Writes `{"params": params}` and the config JSON as step 0 under `dst`."""
+    write_step0(dst, params, config_to_json(config))
 
 
 def restore_mvdit7b(directory, step: int | None = None, **model_overrides):
@@ -326,11 +323,7 @@ def restore_mvdit7b(directory, step: int | None = None, **model_overrides):
     config_json, step = read_config(directory, step)
     config = ml_collections.ConfigDict(config_json)
     model = mv.from_config(config, **model_overrides)
-    abstract = {"params": abstract_like(mv.abstract_params(model))}
-    checkpointer = Checkpointer(directory, keep=None, create=False)
-    params = checkpointer.restore(step, abstract)["params"]
-    checkpointer.close()
-    return config, model, params
+    return config, model, restore_like(directory, mv.abstract_params(model), step)
 
 
 def check_like(params, model) -> None:

@@ -1,6 +1,6 @@
 """MV-DiT-7B: the CogVideoX-5B-based motion video transformer of MTVCrafter, in Flax linen.
 
-The default configuration reproduces the released model (docs reference_mvdit7b.md), including its
+The default configuration reproduces the released model (docs/reference/mvdit7b.md), including its
 oddities:
   * 32 input channels = 16 noisy + 16 reference latent channels, concatenated in that order;
     the output is the 16-channel v-prediction (§3.7, §6 "Concatenation").
@@ -26,7 +26,7 @@ positional encoding: "4d" released, "dynamic", "learnable", "time", "xy", "xyz",
 
 `conditioning="isa"`: interspatial attention (`isa`, in blocks 0, k, 2k, … with k =
 `isa.every`, at attn0's place) on the raw joints `motion_mm` instead of the 4DMoT tokens; no attn0,
-no unconditional tokens; `use_uncond` masks an example's points (`mtvjax.models.mvdit.isa_conditioning`).
+no unconditional tokens; `motion_drop` masks an example's points (`mtvjax.models.mvdit.isa_conditioning`).
 
 Layers are an `nn.scan` over groups of `motion_every` (ISA: `isa.every`) blocks (one group = one
 block in the released layout), with parameters stacked along a leading `layers` axis under
@@ -42,10 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtvjax.models.mvdit.blocks import (AdaLNModulation, FeedForward, LayerNorm, Linear,
-                                        MVAttention, TimestepEmbedding, logical, remat_policy,
-                                        timestep_sinusoid, torch_linear_init)
+from mtvjax.models.mvdit.blocks import (AdaLNModulation, Linear, TimestepEmbedding, logical,
+                                        timestep_sinusoid)
+from mtvjax.models.layers.dtypes import DTYPES, remat_policy
+from mtvjax.models.layers.norms import LayerNorm
 from mtvjax.models.mvdit import isa_conditioning as ISA
+from mtvjax.models.mvdit.cogvideox.blocks import BlockSpec, CogVideoXMVBlockGroup, PatchEmbed
+from mtvjax.models.mvdit.cogvideox.config import CogVideoXDiTConfig
 from mtvjax.models.mvdit import motion_pe as PE
 from mtvjax.models.layers.rope import (DEFAULT_THETA, RopeTable, centre_joint_positions,
                                 cogvideox_motion_band_dims, cogvideox_motion_rope,
@@ -54,136 +57,6 @@ from mtvjax.models.layers.rope import (DEFAULT_THETA, RopeTable, centre_joint_po
 NUM_JOINTS = 24
 RELEASED_UNCOND_SHAPE = (312, 3072)  # 13 latent frames × 24 joints, width 3072 (7B §1)
 MOTION_QUERY_ROPES = PE.MOTION_QUERY_ROPES
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockSpec:
-    """Hashable settings shared by all blocks."""
-
-    num_heads: int
-    head_dim: int
-    mlp_ratio: int = 4
-    norm_eps: float = 1e-5
-    qk_norm_eps: float = 1e-6
-    modulation_chunks: int = 6
-    motion_v_norm: bool = False
-    motion_out_zero_init: bool = True
-    attention_implementation: str | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-
-    @property
-    def width(self) -> int:
-        return self.num_heads * self.head_dim
-
-
-class CogVideoXMVBlock(nn.Module):
-    """One MV-DiT-7B block (7B §3.3); `has_motion` adds the motion cross-attention `attn0`."""
-
-    spec: BlockSpec
-    has_motion: bool = True
-    isa: ISA.ISASettings | None = None     # an ISA block at attn0's place (conditioning "isa")
-    grid: tuple | None = None              # (F, h, w) token grid, for ISA
-
-    @nn.compact
-    def __call__(self, x, emb_act, motion, vision_rope, motion_q_rope, motion_k_rope,
-                 isa_inputs=None, point_tokens=None):
-        s = self.spec
-        kw = dict(dtype=s.dtype, param_dtype=s.param_dtype, precision=s.precision)
-        attn = dict(num_heads=s.num_heads, head_dim=s.head_dim, qk_norm=True,
-                    norm_eps=s.qk_norm_eps, implementation=s.attention_implementation, **kw)
-        h, c = AdaLNModulation(s.modulation_chunks, ("shift", "scale", "gate"), s.norm_eps,
-                               name="norm1", **kw)(x, emb_act)
-        x = x + c["gate"] * MVAttention(name="attn1", **attn)(h, q_rope=vision_rope,
-                                                              k_rope=vision_rope)
-        if self.has_motion:
-            # Query from the raw residual stream; no norm, no modulation, no gate (7B §3.3.3).
-            x = x + MVAttention(v_norm=s.motion_v_norm, out_zero_init=s.motion_out_zero_init,
-                                name="attn0", **attn)(x, motion, q_rope=motion_q_rope,
-                                                      k_rope=motion_k_rope)
-        if self.isa is not None:
-            x, point_tokens = ISA.apply_isa(self.isa, s.width, s.num_heads, x, self.grid,
-                                            isa_inputs, point_tokens,
-                                            attention_implementation=s.attention_implementation,
-                                            **kw)
-        h, c = AdaLNModulation(s.modulation_chunks, ("shift", "scale", "gate"), s.norm_eps,
-                               name="norm2", **kw)(x, emb_act)
-        x = x + c["gate"] * FeedForward(s.mlp_ratio * s.width, name="ff", **kw)(h)
-        return x if self.isa is None else (x, point_tokens)
-
-
-class CogVideoXMVBlockGroup(nn.Module):
-    """`size` consecutive blocks, the first with motion attention (when `motion`) or an ISA block
-    (when `isa`; the carry is then (x, point tokens)): the scan body."""
-
-    spec: BlockSpec
-    size: int = 1
-    motion: bool = True
-    isa: ISA.ISASettings | None = None
-    grid: tuple | None = None
-
-    @nn.compact
-    def __call__(self, x, emb_act, motion, vision_rope, motion_q_rope, motion_k_rope,
-                 isa_inputs=None):
-        point_tokens = None
-        if self.isa is not None:
-            x, point_tokens = x
-        for r in range(self.size):
-            isa = self.isa if r == 0 else None
-            x = CogVideoXMVBlock(self.spec, has_motion=self.motion and r == 0, isa=isa,
-                                 grid=self.grid, name=f"block_{r}")(
-                x, emb_act, motion, vision_rope, motion_q_rope, motion_k_rope, isa_inputs,
-                point_tokens)
-            if isa is not None:
-                x, point_tokens = x
-        return (x if self.isa is None else (x, point_tokens)), None
-
-
-class PatchEmbed(nn.Module):
-    """p×p patches of every frame → D (`proj`, kernel `[C·p·p, D]`, rows in (c, dy, dx) order,
-    = torch's Conv2d weight `[D, C, p, p]` reshaped to `[D, C·p·p]` and transposed). `text_proj`
-    is created for checkpoint compatibility only and never applied (7B §2, §3.2)."""
-
-    features: int
-    patch_size: int
-    text_embed_dim: int = 0
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        b, f, hh, ww, c = x.shape
-        p = self.patch_size
-        if hh % p or ww % p:
-            raise ValueError(f"latent size {hh}×{ww} is not a multiple of the patch size {p}")
-        h, w = hh // p, ww // p
-        patches = x.reshape(b, f, h, p, w, p, c).transpose(0, 1, 2, 4, 6, 3, 5)
-        patches = patches.reshape(b, f * h * w, c * p * p)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        if self.text_embed_dim:
-            UnusedLinear(self.text_embed_dim, self.features, ("text_embed", "embed"),
-                         self.param_dtype, name="text_proj")()
-        return Linear(self.features, ("patch", "embed"), name="proj", **kw)(patches)
-
-
-class UnusedLinear(nn.Module):
-    """Parameters `kernel [in, out]` / `bias [out]` of a Linear that the forward pass never
-    applies (CogVideoX's `text_proj`): kept so checkpoints round-trip and counts match."""
-
-    in_features: int
-    features: int
-    kernel_axes: tuple = ("text_embed", "embed")
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self):
-        self.param("kernel", logical(torch_linear_init(0), self.kernel_axes),
-                   (self.in_features, self.features), self.param_dtype)
-        self.param("bias", logical(nn.initializers.zeros, self.kernel_axes[-1:]),
-                   (self.features,), self.param_dtype)
 
 
 def load_joint_positions(joint_positions=None, path: str = "") -> np.ndarray:
@@ -202,7 +75,7 @@ def load_joint_positions(joint_positions=None, path: str = "") -> np.ndarray:
 
 
 class MVDiTCogVideoX(nn.Module):
-    """MV-DiT-7B transformer (reference_mvdit7b.md). See the module docstring for the layout.
+    """MV-DiT-7B transformer (docs/reference/mvdit7b.md). See the module docstring for the layout.
 
     Attributes (defaults = the released 7B, CogVideoX-5B widths):
       num_layers, num_heads, head_dim: D = num_heads·head_dim (3072); head_dim % 16 == 0.
@@ -339,19 +212,19 @@ class MVDiTCogVideoX(nn.Module):
 
     # ------------------------------------------------------------------------------------------
 
-    def _motion_input(self, motion_tokens, use_uncond, batch: int, dtype):
+    def _motion_input(self, motion_tokens, motion_drop, batch: int, dtype):
         uncond = None
         if self.uncond_motion_shape is not None:
             uncond = self.param("unconditional_motion_token",
                                 logical(nn.initializers.normal(1.0), ("motion_tokens", "embed")),
                                 tuple(self.uncond_motion_shape), self.param_dtype)
-        need_uncond = motion_tokens is None or use_uncond is not None
+        need_uncond = motion_tokens is None or motion_drop is not None
         if need_uncond and uncond is None:
             raise ValueError("the unconditional path needs `uncond_motion_shape`")
         if need_uncond and uncond.shape[-1] != self.width:
             raise ValueError(f"unconditional_motion_token is {uncond.shape[-1]} wide but the "
                              f"model width is {self.width}; the released token is usable only "
-                             "at D = 3072 (reference_mvdit7b.md §1)")
+                             "at D = 3072 (docs/reference/mvdit7b.md §1)")
         if motion_tokens is None:
             return jnp.broadcast_to(uncond.astype(dtype)[None], (batch,) + uncond.shape)
         motion_tokens = jnp.asarray(motion_tokens)
@@ -359,17 +232,17 @@ class MVDiTCogVideoX(nn.Module):
             raise ValueError(f"motion tokens must be [B, M, {self.width}] (their width is the "
                              f"model width; no projection exists), got {motion_tokens.shape}")
         motion_tokens = motion_tokens.astype(dtype)
-        if use_uncond is None:
+        if motion_drop is None:
             return motion_tokens
         if motion_tokens.shape[1:] != uncond.shape:
             raise ValueError(f"motion tokens {motion_tokens.shape[1:]} and the unconditional "
                              f"tokens {uncond.shape} differ in shape; they share one batch")
-        use_uncond = jnp.asarray(use_uncond, bool).reshape(-1, 1, 1)
-        return jnp.where(use_uncond, uncond.astype(dtype)[None], motion_tokens)
+        motion_drop = jnp.asarray(motion_drop, bool).reshape(-1, 1, 1)
+        return jnp.where(motion_drop, uncond.astype(dtype)[None], motion_tokens)
 
     @nn.compact
     def __call__(self, latents, ref_latents=None, timesteps=None, motion_tokens=None,
-                 use_uncond=None, motion_joints=None, *, motion_mm=None, camera=None):
+                 motion_drop=None, motion_joints=None, *, motion_mm=None, camera=None):
         """Predicts v for the noisy latents.
 
         Args:
@@ -379,12 +252,12 @@ class MVDiTCogVideoX(nn.Module):
           timesteps: `[B]` (integer or float) diffusion timesteps.
           motion_tokens: `[B, M, D]` 4DMoT tokens, M = frames·24 frame-major (index f·24 + j);
             None → the learned unconditional tokens for every batch element.
-          use_uncond: optional `[B]` bool; True replaces that element's motion tokens with the
+          motion_drop: optional `[B]` bool; True replaces that element's motion tokens with the
             unconditional tokens (CFG in one batch).
           motion_joints: `[B, 24, 3]` the clip's first-frame joints (mm, camera frame): the
             positions of the "dynamic" motion RoPE, required there; ignored by other switches.
           motion_mm: `[B, T, 24, 3]` the window's joints (mm, camera space), T = 4·(F − 1) + 1;
-            required with `conditioning="isa"` (then `motion_tokens` is ignored and `use_uncond`
+            required with `conditioning="isa"` (then `motion_tokens` is ignored and `motion_drop`
             drops that example's points), ignored otherwise.
           camera: optional `camera.Camera` for ISA (default: the pinhole over 8H × 8W pixels).
         Returns:
@@ -411,10 +284,10 @@ class MVDiTCogVideoX(nn.Module):
         tokens = PatchEmbed(width, p, self.text_embed_dim, name="patch_embed", **kw)(
             x.astype(dtype))
         if self.uses_isa:
-            tokens = self._isa_blocks(tokens, emb_act, motion_mm, use_uncond, camera, (f, gh, gw),
+            tokens = self._isa_blocks(tokens, emb_act, motion_mm, motion_drop, camera, (f, gh, gw),
                                       (hh, ww), kw)
             return self._head(tokens, emb_act, b, f, gh, gw, kw)
-        motion = self._motion_input(motion_tokens, use_uncond, b, dtype)
+        motion = self._motion_input(motion_tokens, motion_drop, b, dtype)
         if motion.shape[1] % self.num_joints:
             raise ValueError(f"{motion.shape[1]} motion tokens are not a whole number of "
                              f"{self.num_joints}-joint frames")
@@ -441,12 +314,12 @@ class MVDiTCogVideoX(nn.Module):
             tokens, emb_act, motion, *tables)
         return self._head(tokens, emb_act, b, f, gh, gw, kw)
 
-    def _isa_blocks(self, tokens, emb_act, motion_mm, use_uncond, camera, grid, latent_size, kw):
+    def _isa_blocks(self, tokens, emb_act, motion_mm, motion_drop, camera, grid, latent_size, kw):
         """The layer scan of the ISA conditioning (groups of `isa.every` blocks, ISA in the first
         of each; the point tokens are part of the carry)."""
         settings = self.isa_settings
         b = tokens.shape[0]
-        inputs = ISA.isa_inputs(settings, motion_mm, use_uncond, b, grid[0], latent_size, camera,
+        inputs = ISA.isa_inputs(settings, motion_mm, motion_drop, b, grid[0], latent_size, camera,
                                 initializing=self.is_initializing())
         point_tokens = ISA.point_embed(settings, self.width, name="isa_points", **kw)(
             inputs.points).astype(tokens.dtype)
@@ -467,7 +340,7 @@ class MVDiTCogVideoX(nn.Module):
     def _head(self, tokens, emb_act, b, f, gh, gw, kw):
         p = self.patch_size
         hh, ww = gh * p, gw * p
-        tokens = LayerNorm(self.norm_eps, axis_name="embed", param_dtype=self.param_dtype,
+        tokens = LayerNorm(self.norm_eps, logical_axes=("embed",), param_dtype=self.param_dtype,
                            name="norm_final")(tokens)
         tokens, _ = AdaLNModulation(2, ("shift", "scale"), self.norm_eps, name="norm_out",
                                     **kw)(tokens, emb_act)
@@ -484,29 +357,15 @@ class MVDiTCogVideoX(nn.Module):
 def from_config(config, **overrides) -> MVDiTCogVideoX:
     """The model of a `configs/mvdit.py` config (`config.model`, `config.dtype`, `config.remat`,
     ...); keyword arguments override model attributes."""
-    m = config.model
-    if m.get("family", "cogvideox") != "cogvideox":
-        raise ValueError(f"config is for the {m.family!r} family, not cogvideox")
-    joints = load_joint_positions(m.get("joint_positions") or None,
-                                  m.get("joint_positions_path", ""))
-    kwargs = dict(
-        num_layers=m.num_layers, num_heads=m.num_heads, head_dim=m.head_dim,
-        in_channels=m.in_channels, out_channels=m.out_channels, patch_size=m.patch_size,
-        time_embed_dim=m.time_embed_dim, text_embed_dim=m.text_embed_dim,
-        flip_sin_to_cos=m.flip_sin_to_cos, freq_shift=m.freq_shift, norm_eps=m.norm_eps,
-        qk_norm_eps=m.qk_norm_eps, modulation_chunks=m.modulation_chunks,
-        uncond_motion_shape=tuple(m.uncond_motion_shape) if m.uncond_motion_shape else None,
-        num_joints=m.num_joints, joint_positions=tuple(map(tuple, joints.tolist())),
-        rope_theta=m.rope_theta, motion_every=m.motion_every, motion_v_norm=m.motion_v_norm,
-        motion_query_rope=m.motion_query_rope, motion_out_zero_init=m.motion_out_zero_init,
-        motion_pe=m.get("motion_pe", "4d"),
-        max_motion_frames=m.get("max_motion_frames", PE.DEFAULT_MAX_MOTION_FRAMES),
-        remat=config.get("remat", "none"), dtype=DTYPES[config.get("dtype", "float32")],
-        param_dtype=DTYPES[config.get("param_dtype", "float32")],
-        precision=m.get("precision", "default"),
-        attention_implementation=m.get("attention_implementation") or None,
-        conditioning=ISA.check_conditioning(m.get("conditioning", "motion_attention")),
-        isa=ISA.ISASettings.create(m.get("isa")))
+    fields = dataclasses.asdict(CogVideoXDiTConfig.from_fields(config.model))
+    joints = load_joint_positions(fields.pop("joint_positions") or None,
+                                  fields.pop("joint_positions_path"))
+    kwargs = dict(fields, joint_positions=tuple(map(tuple, joints.tolist())),
+                  attention_implementation=fields["attention_implementation"] or None,
+                  isa=ISA.ISASettings.create(fields["isa"]),
+                  remat=config.get("remat", "none"),
+                  dtype=DTYPES[config.get("dtype", "float32")],
+                  param_dtype=DTYPES[config.get("param_dtype", "float32")])
     kwargs.update(overrides)
     return MVDiTCogVideoX(**kwargs)
 

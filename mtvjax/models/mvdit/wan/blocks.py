@@ -1,7 +1,7 @@
-"""Building blocks of the Wan-2.1-based MV-DiT-17B (reference_mvdit17b.md §2.3, §4).
+"""Building blocks of the Wan-2.1-based MV-DiT-17B (docs/reference/mvdit17b.md §2.3, §4).
 
 Every parameter carries LOGICAL axis names through `nn.with_logical_partitioning`, so a sharding
-config maps them to mesh axes (`mtvjax.parallel.mesh.logical_to_spec`); unsharded, the boxes are
+config maps them to mesh axes (`mtvjax.parallel.sharding.logical_to_spec`); unsharded, the boxes are
 inert (`flax.linen.unbox` strips them). Names used here (`LOGICAL_AXES`):
 
 * ``embed``   model width D (residual stream, norms, modulation);
@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from mtvjax.models.layers.attention import dot_product_attention
+from mtvjax.models.layers.norms import LayerNorm, RMSNorm, layer_norm_f32
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
 
 LOGICAL_AXES = ("embed", "heads", "kv", "mlp", "layers", "sublayers")
@@ -36,62 +37,6 @@ default_kernel_init = nn.linear.default_kernel_init
 
 def partitioned(init: Callable, axes: tuple) -> Callable:
     return nn.with_logical_partitioning(init, axes)
-
-
-# ----------------------------------------------------------------------------------------------
-# Norms
-# ----------------------------------------------------------------------------------------------
-
-
-class WanLayerNorm(nn.Module):
-    """LayerNorm over the last axis in float32 (population variance), optional affine applied in
-    float32 before the cast back to the input dtype (WanLayerNorm / torch LN, §4)."""
-
-    epsilon: float = 1e-6
-    affine: bool = False
-    axis_name: str | None = "embed"
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        mean = xf.mean(axis=-1, keepdims=True)
-        var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
-        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
-        if self.affine:
-            shape = (x.shape[-1],)
-            scale = self.param("scale", partitioned(nn.initializers.ones, (self.axis_name,)),
-                               shape, self.param_dtype)
-            bias = self.param("bias", partitioned(nn.initializers.zeros, (self.axis_name,)),
-                              shape, self.param_dtype)
-            y = y * scale.astype(y.dtype) + bias.astype(y.dtype)
-        return y.astype(x.dtype)
-
-
-def layer_norm_f32(x, epsilon: float = 1e-6):
-    """Non-affine LayerNorm in float32 (returns float32): norm1/norm2/head norm before the
-    modulation."""
-    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    mean = xf.mean(axis=-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
-    return (xf - mean) * jax.lax.rsqrt(var + epsilon)
-
-
-class HeadsRMSNorm(nn.Module):
-    """Wan's RMSNorm over the FULL width n·d of `[..., n, d]` (17B §2.3 step 2): normalise in
-    float32, cast back, then multiply by the weight (cast to the input dtype)."""
-
-    epsilon: float = 1e-6
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        ms = jnp.square(xf).mean(axis=(-2, -1), keepdims=True)
-        y = (xf * jax.lax.rsqrt(ms + self.epsilon)).astype(x.dtype)
-        scale = self.param("scale", partitioned(nn.initializers.ones, ("heads", "kv")),
-                           x.shape[-2:], self.param_dtype)
-        return y * scale.astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +91,8 @@ class _WanAttentionBase(nn.Module):
                           param_dtype=self.param_dtype, precision=self.precision, in_axis=in_axis)
 
     def _norm(self, name):
-        return HeadsRMSNorm(self.epsilon, self.param_dtype, name=name)
+        return RMSNorm(self.epsilon, num_axes=2, logical_axes=("heads", "kv"),
+                       param_dtype=self.param_dtype, name=name)
 
     def _out(self, features, name="o", **kw):
         return out_proj(features, name, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -232,7 +178,8 @@ class WanMotionBranch(nn.Module):
 
     @nn.compact
     def __call__(self, x, motion, q_rope: RopeTable, k_rope: RopeTable):
-        h = WanLayerNorm(self.epsilon, affine=True, param_dtype=self.param_dtype, name="norm4")(x)
+        h = LayerNorm(self.epsilon, logical_axes=("embed",), param_dtype=self.param_dtype,
+                      name="norm4")(x)
         out = WanMotionAttention(
             self.num_heads, self.head_dim, self.epsilon, self.implementation, self.dtype,
             self.param_dtype, self.precision, heads_major_keys=self.heads_major_keys,

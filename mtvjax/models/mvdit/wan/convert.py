@@ -2,7 +2,7 @@
 
 Sources (`open_source`): a diffusers-style folder (`*.safetensors.index.json` + shards, else
 `diffusion_pytorch_model.bin`, else one or several `*.safetensors` merged, as the released
-`from_pretrained` does, reference_mvdit17b.md §3.2), or a single `.safetensors` file, or a `.pt` /
+`from_pretrained` does, docs/reference/mvdit17b.md §3.2), or a single `.safetensors` file, or a `.pt` /
 `.pth` / `.bin` file read with `torch.load(weights_only=True)`. Safetensors are memory-mapped
 (`safe_open`) and read one tensor at a time; bfloat16 tensors go through torch.
 
@@ -14,11 +14,9 @@ offending keys. The written Orbax checkpoint (step 0) holds `{"params": ...}` an
 (`{"family": "mvdit17b", "variant", "model": fields, "conversion": ...}`).
 
 * `convert_mvdit17b(src, dst, lora=None, variant="17b")`: the released MTVCrafter checkpoint
-  (`MV-DiT/Wan-2-1`), optionally merging a Wan LoRA the way the released pipeline does (§3.3):
-  keys `diffusion_model.<p>.lora_down.weight` / `.lora_up.weight` → `<p>.weight += up @ down ·
-  scale` (no alpha/rank factor; `.alpha` ignored), `<p>.diff_b` → `<p>.bias += diff_b · scale`,
-  `<p>.diff` → `<p>.weight += diff · scale`; names matching no parameter are skipped (reported).
-  The merge is done in float32 (the released one in bfloat16 on bfloat16 weights).
+  (`MV-DiT/Wan-2-1`), optionally merging a Wan LoRA the way the released pipeline does (§3.3,
+  `mtvjax.models.mvdit.wan.lora`); names matching no parameter are skipped (reported). The merge
+  is done in float32 (the released one in bfloat16 on bfloat16 weights).
 * `convert_wan_base(src, dst, variant="17b")`: a Wan2.1-I2V-14B transformer, in diffusers naming
   (`condition_embedder.*`, `attn1`, `attn2.add_k_proj`, ...) or the original Wan naming, into the
   17B layout with the motion modules (norm4 + motion_attn, and unconditional tokens when
@@ -39,10 +37,9 @@ time_embedder.linear_{1,2}` ↔ `time_embedding.{0,2}`, `condition_embedder.time
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -50,10 +47,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mtvjax.checkpoint.manager import Checkpointer, abstract_like, read_config
+from mtvjax.checkpoint.conversion import (ConversionError, TensorSource, folder_config, format_keys,
+                                          strip_prefix)
+from mtvjax.checkpoint.converted import jsonable, prepare_destination, restore_params, write_step0
+from mtvjax.checkpoint.manager import read_config
 from mtvjax.models.mvdit.wan import model as W
 from mtvjax.models.layers.rope import wan_vision_rope
 from mtvjax.models.mvdit.wan.blocks import WanMotionBranch
+from mtvjax.models.mvdit.wan.lora import LoraPlan, lora_delta, read_lora
 
 # rule -> (torch array, target slot shape -> array in the Flax layout;
 #          target slot shape -> the torch shape it expects)
@@ -79,13 +80,6 @@ class Entry(NamedTuple):
     target: tuple         # path in `params`
     index: tuple          # stacking index inside the target (scan axes), () if unstacked
     rule: str             # key of RULES
-
-
-class ConversionError(ValueError):
-    """The source cannot be converted; the message starts with the source's path."""
-
-    def __init__(self, source, problem: str):
-        super().__init__(f"{source}: {problem}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,182 +197,52 @@ def diffusers_to_wan_name(key: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Tensor sources (lazy, memory-mapped)
+# Tensor sources
 # ----------------------------------------------------------------------------------------------
 
-
-class TensorSource:
-    """Lazy `{key: tensor}`: `shapes` is known up front, `get(key)` reads one tensor as float32."""
-
-    def __init__(self, label, shapes: dict[str, tuple], getter: Callable[[str], np.ndarray],
-                 closer: Callable[[], None] = lambda: None,
-                 describe: Callable[[str], str] = lambda k: k):
-        self.label, self.shapes, self._get, self._close = label, shapes, getter, closer
-        self.describe = describe
-
-    def keys(self):
-        return self.shapes.keys()
-
-    def get(self, key: str) -> np.ndarray:
-        return np.asarray(self._get(key), dtype=np.float32)
-
-    def close(self):
-        self._close()
-
-    def renamed(self, rename: Callable[[str], str]) -> "TensorSource":
-        """A view with keys `rename(key)`; errors still show the file's key."""
-        back = {}
-        for key in self.shapes:
-            new = rename(key)
-            if new in back:
-                raise ConversionError(self.label, f"keys {back[new]!r} and {key!r} both map to "
-                                      f"{new!r}")
-            back[new] = key
-        if all(k == v for k, v in back.items()):
-            return self
-        return TensorSource(self.label, {k: self.shapes[v] for k, v in back.items()},
-                            lambda k: self._get(back[k]), self._close,
-                            lambda k: k if back.get(k, k) == k else f"{k} (file key {back[k]})")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class _SafetensorsFiles:
-    """Keys of one or several safetensors files, read through `safe_open` (memory-mapped)."""
-
-    def __init__(self, label, files: Iterable[Path], index: Mapping[str, str] | None = None):
-        from safetensors import safe_open
-        self.label, self.handles, self.where, self.dtypes, self.shapes = label, {}, {}, {}, {}
-        self._torch_handles = {}
-        for path in files:
-            try:
-                handle = safe_open(str(path), framework="numpy")
-            except Exception as e:  # noqa: BLE001 - unreadable content is one clear error
-                raise ConversionError(path, f"cannot read safetensors ({type(e).__name__}: "
-                                      f"{e})") from e
-            self.handles[path] = handle
-            for key in handle.keys():
-                if key in self.where:
-                    raise ConversionError(label, f"key {key!r} appears in both "
-                                          f"{self.where[key].name} and {path.name}")
-                piece = handle.get_slice(key)
-                self.where[key] = path
-                self.shapes[key] = tuple(piece.get_shape())
-                self.dtypes[key] = piece.get_dtype()
-        if index is not None:
-            problems = []
-            for key, shard in index.items():
-                if self.where.get(key) is None:
-                    problems.append(f"{key} (index names shard {shard}, which lacks it)")
-                elif self.where[key].name != Path(shard).name:
-                    problems.append(f"{key} (index names {shard}, found in "
-                                    f"{self.where[key].name})")
-            extra = sorted(set(self.where) - set(index))
-            problems += [f"{k} (in {self.where[k].name}, not in the index)" for k in extra]
-            if problems:
-                raise ConversionError(label, "index and shards disagree: "
-                                      + _shown(problems))
-
-    def get(self, key):
-        path = self.where[key]
-        if self.dtypes[key] in ("BF16", "F8_E4M3", "F8_E5M2"):
-            if path not in self._torch_handles:
-                from safetensors import safe_open
-                self._torch_handles[path] = safe_open(str(path), framework="pt")
-            return self._torch_handles[path].get_tensor(key).float().numpy()
-        return self.handles[path].get_tensor(key)
-
-    def source(self) -> TensorSource:
-        return TensorSource(self.label, self.shapes, self.get, self.close)
-
-    def close(self):
-        self.handles.clear()
-        self._torch_handles.clear()
-
-
-def _read_torch(path: Path) -> TensorSource:
-    import torch
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ConversionError(path, f"cannot be read by torch.load(weights_only=True) "
-                              f"({type(e).__name__}: {e})") from e
-    for wrapper in ("module", "state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not obj:
-        raise ConversionError(path, f"expected a state dict, got {type(obj).__name__}")
-    others = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
-    if others:
-        raise ConversionError(path, f"not a state dict: entries {others[:8]} are not tensors")
-    return TensorSource(path, {k: tuple(v.shape) for k, v in obj.items()},
-                        lambda k: obj[k].detach().to(torch.float32).numpy())
+TORCH_WRAPPERS = ("module", "state_dict", "model")
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.")
 
 
 def open_source(src) -> TensorSource:
     """A lazy tensor source for a folder or a single file (see the module docstring)."""
     path = Path(src)
     if path.is_dir():
-        indexes = sorted(path.glob("*.safetensors.index.json"))
-        if len(indexes) > 1:
-            raise ConversionError(path, f"several index files: {[p.name for p in indexes]}")
-        if indexes:
-            try:
-                weight_map = json.loads(indexes[0].read_text())["weight_map"]
-            except (ValueError, KeyError) as e:
-                raise ConversionError(indexes[0], f"not a safetensors index ({e})") from e
-            shards = sorted({path / name for name in weight_map.values()})
-            missing = [p.name for p in shards if not p.is_file()]
-            if missing:
-                raise ConversionError(path, f"shards named by {indexes[0].name} are missing: "
-                                      f"{missing}")
-            return _SafetensorsFiles(path, shards, weight_map).source()
+        if sorted(path.glob("*.safetensors.index.json")):
+            return TensorSource.open(path)
         if (path / "diffusion_pytorch_model.bin").is_file():
-            return _read_torch(path / "diffusion_pytorch_model.bin")
+            return TensorSource.open_torch(path / "diffusion_pytorch_model.bin", TORCH_WRAPPERS)
         files = sorted(path.glob("*.safetensors"))
         if files:
-            return _SafetensorsFiles(path, files).source()
+            return TensorSource.merged_safetensors(files, path)
         torch_files = sorted(p for ext in ("*.bin", "*.pt", "*.pth") for p in path.glob(ext))
         if len(torch_files) == 1:
-            return _read_torch(torch_files[0])
+            return TensorSource.open_torch(torch_files[0], TORCH_WRAPPERS)
         raise ConversionError(path, "no safetensors index, diffusion_pytorch_model.bin or "
                               "*.safetensors file in this folder")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
-        return _SafetensorsFiles(path, [path]).source()
-    return _read_torch(path)
+        return TensorSource.merged_safetensors([path], path)
+    return TensorSource.open_torch(path, TORCH_WRAPPERS)
 
 
-def _strip_prefix(source: TensorSource) -> TensorSource:
-    for prefix in ("model.diffusion_model.", "diffusion_model.", "module."):
-        if source.shapes and all(k.startswith(prefix) for k in source.shapes):
-            return source.renamed(lambda k, p=prefix: k[len(p):])
-    return source
+def renamed(source: TensorSource, rename: Callable[[str], str]) -> TensorSource:
+    """A view with keys `rename(key)`; errors still show the file's key."""
+    names, back = {}, {}
+    for key in source.shapes:
+        new = names[key] = rename(key)
+        if new in back:
+            raise ConversionError(source.path, f"keys {back[new]!r} and {key!r} both map to "
+                                  f"{new!r}")
+        back[new] = key
+    if all(k == v for k, v in names.items()):
+        return source
+    return source.renamed(names)
 
 
 def is_diffusers_layout(keys) -> bool:
     return any(k.startswith("condition_embedder.") for k in keys)
-
-
-def folder_config(src) -> dict | None:
-    """`config.json` next to the weights, if any."""
-    path = Path(src)
-    path = path if path.is_dir() else path.parent
-    if (path / "config.json").is_file():
-        try:
-            return json.loads((path / "config.json").read_text())
-        except ValueError as e:
-            raise ConversionError(path / "config.json", f"invalid JSON ({e})") from e
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -477,75 +341,8 @@ def resolve_config(shapes, variant, source, config_json=None,
 
 
 # ----------------------------------------------------------------------------------------------
-# LoRA (released wan_lora.py merge, §3.3)
-# ----------------------------------------------------------------------------------------------
-
-LORA_PREFIX = "diffusion_model."
-
-
-class LoraPlan(NamedTuple):
-    deltas: dict          # target key -> list of ("lowrank", up, down) / ("full", key)
-    source: TensorSource
-    scale: float
-    ignored: list         # keys without the prefix, .alpha and unknown suffixes
-
-
-def read_lora(path, scale: float = 1.0) -> LoraPlan:
-    source = open_source(path)
-    deltas, ignored, downs, ups = {}, [], {}, {}
-    for key in source.keys():
-        if not key.startswith(LORA_PREFIX):
-            ignored.append(key)
-            continue
-        name = key[len(LORA_PREFIX):]
-        if name.endswith(".lora_down.weight"):
-            downs[name[:-len(".lora_down.weight")]] = key
-        elif name.endswith(".lora_up.weight"):
-            ups[name[:-len(".lora_up.weight")]] = key
-        elif name.endswith(".diff_b"):
-            deltas.setdefault(name[:-len(".diff_b")] + ".bias", []).append(("full", key))
-        elif name.endswith(".diff"):
-            deltas.setdefault(name[:-len(".diff")] + ".weight", []).append(("full", key))
-        else:  # e.g. `.alpha`: the released merge ignores it
-            ignored.append(key)
-    unpaired = sorted(set(downs) ^ set(ups))
-    if unpaired:
-        raise ConversionError(path, "LoRA pairs incomplete (lora_down without lora_up or the "
-                              "reverse): " + _shown([LORA_PREFIX + p for p in unpaired]))
-    for p in sorted(downs):
-        deltas.setdefault(p + ".weight", []).append(("lowrank", ups[p], downs[p]))
-    return LoraPlan(deltas, source, float(scale), sorted(ignored))
-
-
-def lora_delta(plan: LoraPlan, key: str, shape: tuple) -> np.ndarray | None:
-    """Sum of the LoRA deltas for released key `key` (float32), or None."""
-    total = None
-    for item in plan.deltas.get(key, ()):
-        if item[0] == "lowrank":
-            up, down = plan.source.get(item[1]), plan.source.get(item[2])
-            if up.ndim != 2 or down.ndim != 2 or up.shape[1] != down.shape[0]:
-                raise ConversionError(plan.source.label, f"{item[1]} {up.shape} and {item[2]} "
-                                      f"{down.shape} do not multiply")
-            delta = (up @ down) * np.float32(plan.scale)
-            names = f"{item[1]} @ {item[2]}"
-        else:
-            delta = plan.source.get(item[1]) * np.float32(plan.scale)
-            names = item[1]
-        if tuple(delta.shape) != tuple(shape):
-            raise ConversionError(plan.source.label, f"{names} gives shape {delta.shape} for "
-                                  f"{key} of shape {tuple(shape)}")
-        total = delta if total is None else total + delta
-    return total
-
-
-# ----------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------
-
-
-def _shown(keys, limit=20) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def check_layout(source: TensorSource, table: list[Entry], targets: dict, label,
@@ -557,9 +354,9 @@ def check_layout(source: TensorSource, table: list[Entry], targets: dict, label,
     unused = sorted(source.describe(k) for k in set(source.keys()) - wanted)
     missing = sorted(e.source for e in table if e.source not in source.shapes)
     if unused:
-        problems.append(f"unused source keys: {_shown(unused)}")
+        problems.append(f"unused source keys: {format_keys(unused)}")
     if missing:
-        problems.append(f"missing keys: {_shown(missing)}")
+        problems.append(f"missing keys: {format_keys(missing)}")
     for e in table:
         if e.source in source.shapes:
             slot = targets[e.target][len(e.index):]
@@ -627,7 +424,7 @@ def convert_source(source: TensorSource, config: W.WanDiTConfig, *, lora: LoraPl
     shapes = {k: tuple(v.shape) for k, v in
               traverse_util.flatten_dict(W.param_shapes(config)).items()}
     table = [e for e in name_table(config) if e.target not in fresh]
-    check_layout(source, table, shapes, source.label, hint)
+    check_layout(source, table, shapes, source.path, hint)
     _check_table_covers(table, fresh, shapes)
     flat = {path: np.empty(shape, save_dtype) for path, shape in shapes.items()
             if path not in fresh}
@@ -654,27 +451,12 @@ def convert_source(source: TensorSource, config: W.WanDiTConfig, *, lora: LoraPl
     return traverse_util.unflatten_dict(flat), report
 
 
-def _prepare_destination(dst) -> str:
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise FileExistsError(f"{dst}: destination exists and is not an empty folder")
-    return dst
-
-
 def save_params(dst: str, params: dict, config: W.WanDiTConfig, variant: str,
                 conversion: dict) -> None:
     """Writes `{"params": params}` and the config JSON as step 0 of an Orbax checkpoint. The JSON
     is shaped like a configs/mvdit.py config (`W.project_config`) plus a `conversion` report."""
     config_json = {**W.project_config(config), "variant": variant, "conversion": conversion}
-    checkpointer = Checkpointer(str(dst), keep=None)
-    checkpointer.save(0, {"params": params}, None, _jsonable(config_json), force=True)
-    checkpointer.wait()
-    checkpointer.close()
-
-
-def _jsonable(tree):
-    return json.loads(json.dumps(tree, default=lambda o: o.tolist() if hasattr(o, "tolist")
-                                 else str(o)))
+    write_step0(dst, params, jsonable(config_json))
 
 
 def load_converted(directory, step: int | None = None) -> tuple[W.WanDiTConfig, dict]:
@@ -687,12 +469,7 @@ def load_converted(directory, step: int | None = None) -> tuple[W.WanDiTConfig, 
         raise ValueError(f"{directory}: not an MV-DiT-17B (wan) checkpoint (family {family!r})")
     config = W.wan_config(config_json)
     dtype = config_json.get("conversion", {}).get("save_dtype", "float32")
-    abstract = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(dtype)),
-                                       W.param_shapes(config))}
-    checkpointer = Checkpointer(directory, keep=None, create=False)
-    state = checkpointer.restore(step, abstract_like(abstract))
-    checkpointer.close()
-    return config, state["params"]
+    return config, restore_params(directory, W.param_shapes(config), step, dtype)
 
 
 def _save_dtype(name: str):
@@ -706,17 +483,17 @@ def convert_state_dict(source, variant="17b", *, lora=None, lora_scale: float = 
     """In-memory conversion: `source` is a path or an open `TensorSource`. Returns (config, params,
     report). `base=True` treats it as a Wan2.1-I2V base model (motion modules fresh)."""
     own = not isinstance(source, TensorSource)
-    src_label = source if own else source.label
+    src_label = source if own else source.path
     source = open_source(source) if own else source
     plan = None
     try:
-        source = _strip_prefix(source)
+        source = strip_prefix(source, PREFIXES)
         if is_diffusers_layout(source.keys()):
-            source = source.renamed(diffusers_to_wan_name)
+            source = renamed(source, diffusers_to_wan_name)
         motion_keys = sorted(k for k in source.keys() if is_motion_key(k))
         if base and motion_keys:
             raise ConversionError(src_label, "a base-model conversion got MV-DiT motion keys "
-                                  f"({_shown(motion_keys, 4)}); use convert_mvdit17b")
+                                  f"({format_keys(motion_keys, 4)}); use convert_mvdit17b")
         config_json = folder_config(src_label) if own else None
         config, name = resolve_config(source.shapes, variant, src_label, config_json,
                                       with_motion=not base)
@@ -730,7 +507,7 @@ def convert_state_dict(source, variant="17b", *, lora=None, lora_scale: float = 
         hint = ("a Wan2.1-I2V base checkpoint has no motion modules: use convert_wan_base"
                 if not base and not motion_keys and config.motion_every else "")
         if lora is not None:
-            plan = read_lora(lora, lora_scale)
+            plan = read_lora(open_source(lora), lora_scale)
         params, report = convert_source(source, config, lora=plan, fresh=fresh,
                                         save_dtype=_save_dtype(save_dtype), hint=hint)
     finally:
@@ -744,7 +521,7 @@ def convert_state_dict(source, variant="17b", *, lora=None, lora_scale: float = 
 
 
 def _convert_and_save(src, dst, **kwargs) -> dict:
-    dst = _prepare_destination(dst)
+    dst = prepare_destination(dst)
     config, params, report = convert_state_dict(src, **kwargs)
     counts = {"total_params": W.count_params(params),
               "trainable_params": W.count_params(

@@ -1,6 +1,6 @@
 """MV-DiT-17B: the Wan-2.1-I2V-14B-based motion-aware video DiT, in Flax linen.
 
-Reproduces the released transformer (reference_mvdit17b.md, "17B §" below) in its
+Reproduces the released transformer (docs/reference/mvdit17b.md, "17B §" below) in its
 official-compatible configuration:
 
 * input `[B, F, H, W, 36]` channels-last = 16 noisy + 4 mask + 16 reference latents (§1), or the
@@ -62,7 +62,6 @@ API: `MVDiTWan(WanDiTConfig)`; `wan_presets()` (`17b`, `tiny17b` model fields), 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Mapping, NamedTuple
 
 import flax.linen as nn
@@ -73,14 +72,16 @@ from flax import traverse_util
 
 from mtvjax.models.mvdit import isa_conditioning as ISA
 from mtvjax.models.mvdit import motion_pe as PE
-from mtvjax.models.layers.config_fields import checked_fields
+from mtvjax.models.layers.config_fields import checked_config, config_from_variant
+from mtvjax.models.layers.param_tree import abstract_params, init_module_params
 from mtvjax.models.layers.param_tree import count_params  # noqa: F401 (part of this module's API)
 from mtvjax.models.layers.rope import (RopeTable, motion_positions, rope_table_nd, wan_motion_band_dims,
                                 wan_vision_band_dims, wan_vision_rope)
+from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, remat_policy
+from mtvjax.models.layers.norms import LayerNorm, layer_norm_f32
 from mtvjax.models.mvdit.wan.blocks import LOGICAL_AXES  # noqa: F401 (re-exported)
-from mtvjax.models.mvdit.wan.blocks import (WanHead, WanI2VCrossAttention, WanLayerNorm,
-                                      WanMotionAttention, WanSelfAttention, default_kernel_init,
-                                      dense, layer_norm_f32, partitioned)
+from mtvjax.models.mvdit.wan.blocks import (WanHead, WanI2VCrossAttention, WanMotionAttention,
+                                      WanSelfAttention, default_kernel_init, dense, partitioned)
 
 # Dataset-mean SMPL joints minus their float32 column means, mm (17B §5.2 "Precision"): the exact
 # float32 positions of the released motion table, so it can be rebuilt without data/mean.npy.
@@ -99,24 +100,6 @@ RELEASED_CENTRED_JOINTS = np.array([
     [126.484077, -135.104095, -102.078125], [-146.2621, -153.55275, -79.1401367],
 ], dtype=np.float32)
 
-REMAT_NAMES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-
-
-def remat_policy(name: str):
-    """`config.remat` → (remat?, policy): "none"; "full" (recompute everything); or any
-    `jax.checkpoint_policies` member by name (e.g. "dots_saveable")."""
-    if name in ("none", "", None):
-        return False, None
-    if name == "full":
-        return True, jax.checkpoint_policies.nothing_saveable
-    policy = getattr(jax.checkpoint_policies, name, None)
-    if policy is None or not callable(policy):
-        raise ValueError(f"unknown remat {name!r}; expected one of {REMAT_NAMES} or another "
-                         "jax.checkpoint_policies name")
-    return True, policy
-
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 FAMILY = "wan"
 TOP_LEVEL = ("dtype", "param_dtype", "remat")   # shared project-config entries
 
@@ -172,10 +155,7 @@ class WanDiTConfig:
                              "tokens are zero-padded to the model width, never projected (§2.4)")
         remat_policy(self.remat)
         PE.check_switches(self.motion_pe, self.motion_query_rope)
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; "
-                                 f"expected one of {sorted(DTYPES)}")
+        check_dtype_fields(self)
         if self.motion_every < 0 or self.num_layers < 1:
             raise ValueError("need motion_every >= 0 and num_layers >= 1")
 
@@ -219,9 +199,7 @@ class WanDiTConfig:
     def from_fields(cls, fields) -> "WanDiTConfig":
         """From a dict / ConfigDict of model fields (a `family` entry must be "wan" and is
         dropped); unknown fields are an error."""
-        if isinstance(fields, cls):
-            return fields
-        return cls(**checked_fields(cls, fields, FAMILY, "MV-DiT-17B model"))
+        return checked_config(cls, fields, FAMILY, "MV-DiT-17B model")
 
 
 def wan_presets() -> dict[str, dict]:
@@ -264,16 +242,8 @@ def wan_config(variant: str | Mapping | WanDiTConfig = "17b", **overrides) -> Wa
         model = variant.get("model")
         fields = dict(model.to_dict() if hasattr(model, "to_dict") else model)
         fields.update({k: variant.get(k) for k in TOP_LEVEL if variant.get(k) is not None})
-    elif isinstance(variant, str):
-        presets = wan_presets()
-        if variant not in presets:
-            raise ValueError(f"unknown 17B variant {variant!r}; presets: {sorted(presets)}")
-        fields = presets[variant]
-    elif isinstance(variant, WanDiTConfig):
-        fields = variant.to_fields()
-    else:
-        fields = dict(variant)
-    return WanDiTConfig.from_fields({**fields, **overrides})
+        variant = fields
+    return config_from_variant(WanDiTConfig, variant, wan_presets, "17B", overrides)
 
 
 def block_location(config: WanDiTConfig, index: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -371,13 +341,13 @@ class WanBlock(nn.Module):
         x = (x.astype(f32) + y.astype(f32) * gate_sa).astype(dtype)
 
         # 2. text + image cross-attention (affine norm3, no gate)
-        h = WanLayerNorm(cfg.eps, affine=True, param_dtype=pdt, name="norm3")(x)
+        h = LayerNorm(cfg.eps, logical_axes=("embed",), param_dtype=pdt, name="norm3")(x)
         x = x + WanI2VCrossAttention(**attn_kw, name="cross_attn")(h, ctx.text,
                                                                    ctx.image).astype(dtype)
 
         # 3. motion attention (affine norm4, no gate, no modulation; §2.3)
         if self.motion and ctx.motion is not None:
-            h = WanLayerNorm(cfg.eps, affine=True, param_dtype=pdt, name="norm4")(x)
+            h = LayerNorm(cfg.eps, logical_axes=("embed",), param_dtype=pdt, name="norm4")(x)
             y = WanMotionAttention(**attn_kw, heads_major_keys=cfg.heads_major_motion_keys,
                                    name="motion_attn")(h, ctx.motion, ctx.motion_q_rope,
                                                        ctx.motion_rope)
@@ -437,12 +407,12 @@ class WanImageEmbedding(nn.Module):
         cfg = self.config
         pdt, dtype = cfg.params_dtype, cfg.compute_dtype
         dkw = dict(dtype=dtype, param_dtype=pdt, precision=cfg.precision)
-        h = WanLayerNorm(cfg.image_eps, affine=True, axis_name=None, param_dtype=pdt,
-                         name="proj_0")(image.astype(jnp.float32))
+        h = LayerNorm(cfg.image_eps, logical_axes=(None,), param_dtype=pdt,
+                      name="proj_0")(image.astype(jnp.float32))
         h = dense(image.shape[-1], "proj_1", (None, None), **dkw)(h.astype(dtype))
         h = dense(cfg.dim, "proj_3", (None, "embed"), **dkw)(nn.gelu(h, approximate=False))
-        return WanLayerNorm(cfg.image_eps, affine=True, param_dtype=pdt,
-                            name="proj_4")(h.astype(jnp.float32)).astype(dtype)
+        return LayerNorm(cfg.image_eps, logical_axes=("embed",), param_dtype=pdt,
+                         name="proj_4")(h.astype(jnp.float32)).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -664,15 +634,9 @@ def build_model(config) -> MVDiTWan:
 
 
 def boxed_param_shapes(config) -> dict:
-    """`params` of `init` as ShapeDtypeStructs inside their logical-partitioning boxes."""
-    return _boxed_param_shapes(wan_config(config))
-
-
-@functools.lru_cache(maxsize=16)
-def _boxed_param_shapes(config: WanDiTConfig) -> dict:
-    model = MVDiTWan(config)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             *dummy_inputs(config)))["params"]
+    """`params` of `init` as ShapeDtypeStructs inside their logical-partitioning boxes (cached
+    per config)."""
+    return abstract_params(MVDiTWan, wan_config(config), dummy_inputs)
 
 
 def param_shapes(config) -> dict:
@@ -683,14 +647,12 @@ def param_shapes(config) -> dict:
 
 def init_params(config, rng) -> dict:
     """Freshly initialised, unboxed float32 params."""
-    model = build_model(config)
-    init = jax.jit(lambda key: nn.unbox(model.init(key, *dummy_inputs(model.config))["params"]))
-    return init(rng)
+    return nn.unbox(init_module_params(MVDiTWan, wan_config(config), dummy_inputs, rng))
 
 
 def param_logical_axes(config) -> dict:
     """`PartitionSpec`s of LOGICAL axis names per parameter (scan axes `layers` / `sublayers`
-    first), for `mtvjax.parallel.mesh.logical_to_spec` or `nn.logical_to_mesh_sharding`."""
+    first), for `mtvjax.parallel.sharding.logical_to_spec` or `nn.logical_to_mesh_sharding`."""
     return nn.get_partition_spec(boxed_param_shapes(config))
 
 

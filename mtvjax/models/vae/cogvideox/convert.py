@@ -3,7 +3,7 @@ Orbax checkpoint for `mtvjax.models.vae.cogvideox.model`.
 
 Sources: a diffusers VAE folder (`diffusion_pytorch_model.safetensors` + `config.json`), a
 pipeline folder holding `vae/`, a `.safetensors` file, or a torch file read with
-`torch.load(weights_only=True)` (`tables.TensorSource`).
+`torch.load(weights_only=True)` (`conversion.TensorSource`).
 
 Names map through a table generated from the block structure (`name_table`): torch
 `encoder.down_blocks.{i}.resnets.{j}.conv1.conv.weight` → Flax
@@ -28,7 +28,8 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from mtvjax.checkpoint.manager import Checkpointer, abstract_like, config_to_json, read_config
+from mtvjax.checkpoint.converted import prepare_destination, restore_like, write_step0
+from mtvjax.checkpoint.manager import config_to_json, read_config
 from mtvjax.checkpoint.conversion import (AS_IS, ConversionError, Entry, Rule, TensorSource,
                                       check_layout, fill_targets)
 from mtvjax.models.vae.cogvideox import model as vc
@@ -233,14 +234,9 @@ def load_params(src, variant="cogvideox-5b"):
 def convert_vae_cogvideox(src, dst, variant="cogvideox-5b") -> dict:
     """Converts `src` (module docstring) into an Orbax checkpoint (step 0) under `dst`:
     `{"params": {"encoder", "decoder"}}` plus the config JSON. Returns a summary dict."""
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise FileExistsError(f"{dst}: destination exists and is not an empty folder")
+    dst = prepare_destination(dst)
     config, params, summary = load_params(src, variant)
-    checkpointer = Checkpointer(dst, keep=None)       # dst: an absolute str
-    checkpointer.save(0, {"params": params}, None, config_to_json(config), force=True)
-    checkpointer.wait()
-    checkpointer.close()
+    write_step0(dst, params, config_to_json(config))
     return {**summary, "dst": dst, "step": 0}
 
 
@@ -251,7 +247,4 @@ def restore_vae_cogvideox(directory, step: int | None = None, **vae_kwargs):
     config_json, step = read_config(directory, step)
     config = ml_collections.ConfigDict(config_json)
     vae = vc.CogVideoXVAE(config.vae, **vae_kwargs)
-    checkpointer = Checkpointer(directory, keep=None, create=False)
-    params = checkpointer.restore(step, {"params": abstract_like(vae.abstract_params())})["params"]
-    checkpointer.close()
-    return config, vae, params
+    return config, vae, restore_like(directory, vae.abstract_params(), step)

@@ -30,7 +30,7 @@ order, as diffusers' `tiled_encode` / `tiled_decode`.
 
 Latents are scaled as the pipelines do: `encode` returns `(z − shift) · scaling_factor` and
 `decode` inverts that first (`scale=False` skips both: MTVCrafter's reference latents are
-unscaled samples, reference_mvdit7b.md §6). `encode(key=...)` samples the posterior
+unscaled samples, docs/reference/mvdit7b.md §6). `encode(key=...)` samples the posterior
 `mean + exp(logvar / 2) · ε` (log-variance clipped to [−30, 20]); without a key it is the mean.
 """
 from __future__ import annotations

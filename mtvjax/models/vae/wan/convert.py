@@ -18,7 +18,7 @@ told apart by their keys:
 
 The name table is generated from the config (`name_table`); layouts change by the shape rules in
 `RULES` (conv weights OI(T)HW → (T)HWIO, 1×1 attention convs → dense [in, out], RMS gammas
-[C, 1, 1(, 1)] → [C]). `tables.check_layout` requires every source key and every parameter to be
+[C, 1, 1(, 1)] → [C]). `conversion.check_layout` requires every source key and every parameter to be
 used exactly once with matching shapes, or raises one `ConversionError` naming the keys. The
 checkpoint (step 0) holds `{"params": ...}` and a config JSON `{"family": "wan_vae", "variant",
 "model": fields, "conversion": report}`; `load_converted` reads it back.
@@ -37,10 +37,10 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from mtvjax.models.encoders.convert import save_converted
+from mtvjax.checkpoint.converted import save_converted
 from mtvjax.checkpoint.manager import Checkpointer, abstract_like, read_config
 from mtvjax.checkpoint.conversion import (AS_IS, ConversionError, Entry, Rule, TensorSource,
-                                      check_layout, fill_targets, format_keys)
+                                          check_layout, fill_targets, format_keys, strip_prefix)
 from mtvjax.models.vae.wan import model as V
 
 RULES = {
@@ -130,7 +130,7 @@ def name_rows(config: V.WanVAEConfig) -> list[tuple]:
 
 
 def name_table(config: V.WanVAEConfig, naming: str = "diffusers") -> list[Entry]:
-    """`tables.Entry` list for `naming` "diffusers" or "wan"."""
+    """`conversion.Entry` list for `naming` "diffusers" or "wan"."""
     column = {"diffusers": 0, "wan": 1}[naming]
     return [Entry(row[column], row[2], row[3]) for row in name_rows(config)]
 
@@ -149,23 +149,11 @@ def _weights_folder(path: Path) -> Path:
     return path
 
 
-def _renamed(source: TensorSource, names: dict) -> TensorSource:
-    """The same tensors under new names ({old: new}); closing it closes `source`."""
-    return TensorSource(source.path, {names[k]: v for k, v in source.shapes.items()},
-                        {names[k]: (lambda k=k: source.get(k)) for k in source.shapes},
-                        [source.close])
-
-
 def open_source(path) -> tuple[TensorSource, str, Path]:
     """(source with any `model.` / `vae.` prefix dropped, naming "diffusers" | "wan", the folder
     or file the weights were read from)."""
     path = _weights_folder(Path(path))
-    source = TensorSource.open(path)
-    keys = list(source.keys())
-    for prefix in PREFIXES:
-        if keys and all(k.startswith(prefix) for k in keys):
-            source = _renamed(source, {k: k[len(prefix):] for k in keys})
-            break
+    source = strip_prefix(TensorSource.open(path), PREFIXES)
     naming = "wan" if any(m in source.shapes for m in WAN_MARKERS) else "diffusers"
     return source, naming, path
 
@@ -214,7 +202,7 @@ def resolve_config(variant, config_json: dict | None, label) -> tuple[V.WanVAECo
 
 def convert_source(source: TensorSource, config: V.WanVAEConfig, naming: str = "diffusers",
                    label=None) -> dict:
-    """Nested float32 numpy params of `source` (checked by `tables.check_layout`)."""
+    """Nested float32 numpy params of `source` (checked by `conversion.check_layout`)."""
     label = source.path if label is None else label
     table = name_table(config, naming)
     targets = {p: tuple(s.shape) for p, s in

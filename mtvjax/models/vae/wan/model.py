@@ -1,4 +1,4 @@
-"""The Wan 2.1 video VAE in Flax linen (the VAE of MV-DiT-17B, reference_mvdit17b.md §6.5).
+"""The Wan 2.1 video VAE in Flax linen (the VAE of MV-DiT-17B, docs/reference/mvdit17b.md §6.5).
 
 Channel-last video `[B, T, H, W, C]`, pixels in [−1, 1]. Temporal compression ×4 with the first
 frame alone (T = 1 + 4·k frames ↔ 1 + k latent frames), spatial ×8, z_dim 16.
@@ -38,14 +38,14 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from mtvjax.models.layers.config_fields import checked_fields
+from mtvjax.models.layers.config_fields import checked_config, config_from_variant
+from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, check_precision_field
+from mtvjax.models.layers.param_tree import abstract_params
 from mtvjax.models.layers.param_tree import count_params  # noqa: F401 (part of this module's API)
 from mtvjax.models.vae.wan.layers import (CausalConv3d, MidBlock, Resample, ResidualBlock,
                                           RMSNorm, UpBlock)
 
 FAMILY = "wan_vae"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-PRECISIONS = (None, "default", "high", "highest")
 
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                       0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -90,12 +90,8 @@ class WanVAEConfig:
         if (self.base_dim % 2 or self.decoder_dim % 2 or self.num_res_blocks < 1
                 or self.z_dim < 1):
             raise ValueError("need even base widths, num_res_blocks >= 1 and z_dim >= 1")
-        for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; "
-                                 f"expected one of {sorted(DTYPES)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; expected one of {PRECISIONS}")
+        check_dtype_fields(self)
+        check_precision_field(self)
 
     @property
     def decoder_dim(self) -> int:
@@ -146,9 +142,7 @@ class WanVAEConfig:
 
     @classmethod
     def from_fields(cls, fields) -> "WanVAEConfig":
-        if isinstance(fields, cls):
-            return fields
-        return cls(**checked_fields(cls, fields, FAMILY, "Wan VAE"))
+        return checked_config(cls, fields, FAMILY, "Wan VAE")
 
 
 def wan_vae_presets() -> dict[str, dict]:
@@ -163,16 +157,7 @@ def wan_vae_presets() -> dict[str, dict]:
 
 def wan_vae_config(variant: str | Mapping | WanVAEConfig = "wan2.1", **overrides) -> WanVAEConfig:
     """A config from a preset name, a fields mapping or a `WanVAEConfig`, with overrides."""
-    if isinstance(variant, str):
-        presets = wan_vae_presets()
-        if variant not in presets:
-            raise ValueError(f"unknown Wan VAE variant {variant!r}; presets: {sorted(presets)}")
-        fields = presets[variant]
-    elif isinstance(variant, WanVAEConfig):
-        fields = variant.to_fields()
-    else:
-        fields = dict(variant)
-    return WanVAEConfig.from_fields({**fields, **overrides})
+    return config_from_variant(WanVAEConfig, variant, wan_vae_presets, "Wan VAE", overrides)
 
 
 DIFFUSERS_FIELDS = ("base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks",
@@ -288,16 +273,9 @@ def dummy_inputs(config: WanVAEConfig, batch: int = 1) -> tuple:
             jnp.zeros((batch, 2, 1, 1, config.z_dim), jnp.float32))
 
 
-@functools.lru_cache(maxsize=16)
-def _param_shapes(config: WanVAEConfig) -> dict:
-    model = WanVAE(config)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(config)))[
-        "params"]
-
-
 def param_shapes(config="wan2.1") -> dict:
     """`params` as ShapeDtypeStructs (no allocation; cached per config)."""
-    return _param_shapes(wan_vae_config(config))
+    return abstract_params(WanVAE, wan_vae_config(config), dummy_inputs)
 
 
 def init_params(config, rng) -> dict:

@@ -1,4 +1,4 @@
-"""The record every ingestion reader returns, and the error raised for unusable motion data.
+"""The in-memory record every ingestion reader returns (before it is encoded into a shard).
 
 A `MotionRecord` holds one clip as SMPL joint coordinates `[frames, 24, 3]` in the camera space
 of NLF output (x right, y down, z depth, millimetres), whatever file format it came from.
@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from mtvjax.data.motion_files import MotionFormatError  # noqa: F401 - re-exported
+from mtvjax.data.motion_files import MotionFormatError
 from mtvjax.data.skeleton import NUM_JOINTS
 
 CONVENTIONS = ("smpl", "mocap")
