@@ -31,6 +31,8 @@ setup(
     ],
     extras_require={
         "torch": ["torch==2.13.0"],
+        # the viewer for the event files every training run writes (`tensorboard --logdir WORKDIR`)
+        "tensorboard": ["tensorboard>=2.15"],
         # TFDS builder (data_pipeline/tfds_builder.py); TensorFlow itself is not needed.
         # importlib_resources: imported by tensorflow-datasets but not declared by it on Python >= 3.9.
         "tfds": ["tensorflow-datasets>=4.9.9", "importlib_resources>=6"],

@@ -82,6 +82,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         keep_checkpoints=3,
         eval_batches=8,            # batches of the final evaluation pass (active codes, recon)
         stop_after_steps=0,        # >0: checkpoint and exit after this many steps of this run
+        allow_config_change=False,  # resume although model/optim/data keys changed
     ))
     c.resume = True                # pick up the latest checkpoint in the workdir
 

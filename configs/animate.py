@@ -18,6 +18,8 @@ frames shared; see mtvjax/sample/long_video.py and the README's trade-off note).
 """
 import ml_collections
 
+from mtvjax.models.mvdit import registry
+
 DEFAULT_PROMPT = "The character is dancing."
 NEGATIVE_PROMPT = "bad hands, extra limbs, fused fingers, blurry, low quality"
 
@@ -42,11 +44,12 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
         start=0,                   # first motion frame used
         stride=1,                  # read every stride-th motion frame
     ))
+    recipe = registry.family(c.family).SAMPLER       # the family's released sampling run
     c.sampling = ml_collections.ConfigDict(dict(
-        sampler="dpm" if variant == "7b" else "euler",   # 7b: dpm | ddim; 17b: euler | unipc
-        steps=50,
-        motion_cfg=3.0 if variant == "7b" else 1.0,      # 1.0: no motion guidance
-        text_cfg=1.0 if variant == "7b" else 6.0,        # 17B only
+        sampler=recipe.default_sampler,   # 7b: dpm | ddim; 17b: euler | unipc
+        steps=recipe.steps,
+        motion_cfg=recipe.motion_cfg,     # 1.0: no motion guidance
+        text_cfg=recipe.text_cfg,         # 17B only
     ))
     c.video = ml_collections.ConfigDict(dict(
         frames=49,                 # output frames; more than long.window → long-video mode

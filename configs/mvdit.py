@@ -5,9 +5,11 @@
 
 `config.model.family` selects the implementation: "cogvideox" (MV-DiT-7B, CogVideoX-5B based,
 `mtvjax/models/mvdit/cogvideox/model.py`) or "wan" (MV-DiT-17B, Wan-2.1-I2V-14B based,
-`mtvjax/models/mvdit/wan/model.py`, whose `wan_presets()` hold the `17b`/`tiny17b` model fields:
-17,443,864,384 parameters of which 1,048,985,600 (the motion attention) train in the release).
-`mesh`, `sharding_rules`, `remat` and the dtypes are shared by all families.
+`mtvjax/models/mvdit/wan/model.py`: 17,443,864,384 parameters of which 1,048,985,600 (the motion
+attention) train in the release). Each family's contract (`mtvjax.models.mvdit.registry`) holds
+its variants' model fields (`model_presets()`: tiny, 7b | tiny17b, 17b) and its training
+defaults (`TRAINING_SCHEDULE`, `DEFAULT_TRAINABLE`). `mesh`, `sharding_rules`, `remat` and the
+dtypes are shared by all families.
 
 Training (`mtvjax train --config configs/mvdit.py:VARIANT --workdir DIR`, in
 mtvjax/train/mvdit_trainer.py) reads the sections `data` (latent shards from
@@ -58,10 +60,7 @@ Motion conditioning (both families, `config.model`; `mtvjax/models/mvdit/isa_con
 """
 import ml_collections
 
-from mtvjax.models.mvdit.cogvideox.config import cogvideox_presets
-from mtvjax.models.mvdit.wan.model import wan_presets
-
-FAMILIES = ("cogvideox", "wan")
+from mtvjax.models.mvdit import registry
 
 # Logical axis name -> mesh axis (None: replicated). Declared once for all MV-DiT families.
 SHARDING_RULES = (
@@ -83,12 +82,14 @@ SHARDING_RULES = (
 )
 
 
-def cogvideox_model(variant: str) -> ml_collections.ConfigDict:
-    """`config.model` of a 7B-family variant: the fields of
-    `mtvjax.models.mvdit.cogvideox.config.CogVideoXDiTConfig` (documented there)."""
-    presets = cogvideox_presets()
+def model_fields(variant: str) -> ml_collections.ConfigDict:
+    """`config.model` of a variant: the preset of the family that has it (fields documented in
+    the family's config dataclass)."""
+    presets = {}
+    for name in registry.FAMILIES:
+        presets.update(registry.family(name).model_presets())
     if variant not in presets:
-        raise ValueError(f"unknown cogvideox variant {variant!r}")
+        raise ValueError(f"unknown mvdit variant {variant!r}: use one of {sorted(presets)}")
     return ml_collections.ConfigDict(presets[variant])
 
 
@@ -96,12 +97,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.seed = 0
-    if variant in ("tiny", "7b"):
-        c.model = cogvideox_model(variant)
-    elif variant in ("tiny17b", "17b"):
-        c.model = ml_collections.ConfigDict(wan_presets()[variant])
-    else:
-        raise ValueError(f"unknown mvdit variant {variant!r}: use tiny, 7b, tiny17b or 17b")
+    c.model = model_fields(variant)
 
     c.dtype = "float32"            # compute dtype: float32 | bfloat16
     c.param_dtype = "float32"
@@ -115,7 +111,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
 
 def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
     """The training sections (data, motion, schedule, optim, train) of an MV-DiT config."""
-    family = c.model.family
+    family = registry.family(c.model.family)
     full_size = variant in ("7b", "17b")
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic",        # synthetic (made in memory) | shards (data_pipeline.latents)
@@ -141,15 +137,7 @@ def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
         tokenizer_checkpoint="",   # a 4DMoT checkpoint folder; run frozen inside the step
         tokenizer_step=-1,         # -1: its latest step
     ))
-    if family == "cogvideox":
-        c.schedule = ml_collections.ConfigDict(dict(
-            kind="v_prediction",   # CogVideoX-5B: scaled-linear betas, zero-terminal SNR
-            num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-            snr_shift_scale=1.0, rescale_betas_zero_snr=True))
-    else:
-        c.schedule = ml_collections.ConfigDict(dict(
-            kind="flow_matching",  # Wan: x_t = (1 - σ)·x0 + σ·ε, target ε - x0, σ shifted
-            num_train_timesteps=1000, shift=5.0))
+    c.schedule = ml_collections.ConfigDict(family.TRAINING_SCHEDULE)   # the family's target
     c.optim = ml_collections.ConfigDict(dict(
         learning_rate=2e-5,
         warmup_steps=300,          # linear from 0, then constant
@@ -161,7 +149,7 @@ def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
         grad_accum_steps=1,        # micro-batches per step (data.batch_size divides by it)
         # all | motion: only the motion attention (+ unconditional motion tokens); the other
         # parameters are frozen (kept bit-identical, no optimiser state, no gradients).
-        trainable="all" if family == "cogvideox" else "motion",
+        trainable=family.DEFAULT_TRAINABLE,
     ))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=100_000,
@@ -176,22 +164,14 @@ def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
         stop_after_steps=0,        # >0: checkpoint and exit after this many steps of this run
         eval_batches=0,            # batches of the final evaluation (fixed noise), 0: none
         peak_flops_per_device=0.0,  # for MFU; 0: measure an f32 matmul on this machine
+        allow_config_change=False,  # resume although model/optim/data keys changed
     ))
     c.resume = True
-    if variant == "tiny":
+    if not full_size:
         c.data.synthetic_windows = 64
         c.data.synthetic_frames = 9
         c.data.synthetic_latent_size = (8, 8)
-        c.optim.learning_rate = 1e-3
-        c.optim.warmup_steps = 10
-        c.train.num_steps = 200
-        c.train.log_every = 10
-        c.train.checkpoint_every = 100
-    elif variant == "tiny17b":
-        c.data.synthetic_windows = 64
-        c.data.synthetic_frames = 9
-        c.data.synthetic_latent_size = (8, 8)
-        c.data.synthetic_text_rows = 4
+        c.data.synthetic_text_rows = 4 if family.HAS_TEXT else 0
         c.optim.learning_rate = 1e-3
         c.optim.warmup_steps = 10
         c.train.num_steps = 200

@@ -10,8 +10,10 @@ computes per-joint statistics over the train split. Output (see `mtvjax.data.sha
 records, and with stored pixels one record per video frame in `SPLIT-frames-*`).
 
 Everything is written into a temporary folder beside `output` and renamed at the end, so a
-stopped build leaves the previous dataset (or none), never a half-written one. Inputs are read
-in sorted order and nothing time-dependent is stored, so the same inputs give the same bytes.
+stopped build leaves the previous dataset (or none), never a half-written one; an existing
+`output` is replaced only when it is empty or an earlier build holding nothing else
+(`data_pipeline.output_folder`). Inputs are read in sorted order and nothing time-dependent is
+stored, so the same inputs give the same bytes.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ from mtvjax.data.resample import resample_linear, resample_times
 from mtvjax.data.shard_source import MANIFEST_VERSION
 from mtvjax.data.stats import compute_stats
 
+from data_pipeline.command import run_build_command
+from data_pipeline.output_folder import MOTION_KIND
 from data_pipeline.readers.ingest import iter_input_files, load_motion_file
-from data_pipeline.readers.ingested_record import MotionRecord, make_record
+from data_pipeline.readers.ingested_record import MotionRecord, add_frame_counts, make_record
 from data_pipeline.readers.video import clip_frames
 from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split, write_dataset
 
@@ -115,6 +119,7 @@ class Report:
     errors: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
     videos: set = dataclasses.field(default_factory=set)
+    frame_decisions: dict = dataclasses.field(default_factory=dict)  # raw NLF per-frame rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +142,7 @@ def iter_clips(config, report: Report) -> Iterator[Clip]:
         except (ValueError, pickle.UnpicklingError, OSError) as e:
             report.errors.append({"path": path, "message": str(e)})
             continue
+        add_frame_counts(report.frame_decisions, records)
         for record in records:
             key = _record_key(record, path, file_key)
             record = conform_fps(record, config.target_fps)
@@ -198,7 +204,8 @@ def _write_records(config, tmp: Path) -> dict:
     settings = {k: v for k, v in json.loads(config.to_json()).items() if k != "output"}
     return {"manifest_version": MANIFEST_VERSION, "name": config.name, "config": settings,
             "inputs": {"sha256": overall, "files": report.files, "videos": videos},
-            "errors": report.errors, "skipped": report.skipped, "splits": splits, "index": index}
+            "errors": report.errors, "skipped": report.skipped,
+            "frame_decisions": report.frame_decisions, "splits": splits, "index": index}
 
 
 def _count(values) -> dict:
@@ -231,29 +238,22 @@ def build(config) -> dict:
         manifest["statistics"] = _statistics(folder, manifest)
         return manifest
 
-    return write_dataset(config.output, write)
+    return write_dataset(config.output, MOTION_KIND, write)
+
+
+def report(config, manifest: dict) -> None:
+    """Prints the bad inputs (stderr) and one line of counts."""
+    for error in manifest["errors"]:
+        print(f"skipped bad input {error['path']}: {error['message']}", file=sys.stderr)
+    counts = ", ".join(f"{s}: {v['records']} clips / {v['frames']} frames"
+                       for s, v in manifest["splits"].items())
+    print(f"built {config.output} ({counts}; {len(manifest['errors'])} bad input(s), "
+          f"{len(manifest['skipped'])} short clip(s) skipped)")
 
 
 def main() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Dataset config, e.g. configs/data/cmu_bvh.py.")
-    flags.mark_flags_as_required(["config"])
-
-    def run(argv):
-        if len(argv) > 1:
-            raise SystemExit(f"unexpected arguments: {argv[1:]}")
-        config = flags.FLAGS.config
-        manifest = build(config)
-        for error in manifest["errors"]:
-            print(f"skipped bad input {error['path']}: {error['message']}", file=sys.stderr)
-        counts = ", ".join(f"{s}: {v['records']} clips / {v['frames']} frames"
-                           for s, v in manifest["splits"].items())
-        print(f"built {config.output} ({counts}; {len(manifest['errors'])} bad input(s), "
-              f"{len(manifest['skipped'])} short clip(s) skipped)")
-
-    app.run(run)
+    run_build_command(build, report, "python -m data_pipeline.build", __doc__,
+                      "Dataset config, e.g. configs/data/cmu_bvh.py.")
 
 
 if __name__ == "__main__":

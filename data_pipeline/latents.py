@@ -25,7 +25,8 @@ Windows go to `train`/`val` by a seeded hash of their clip's name (all windows o
 split). Output folder: `manifest.json` (kind "mvdit_latents", counts, config, per-record index),
 `mean.npy`/`std.npy` of the train windows' motion (the mean is the 7B's RoPE mean joints) and
 `train/`, `val/` ArrayRecord shards. The build writes a temporary folder and renames it when
-complete; the same config gives the same bytes.
+complete, replacing only an empty folder or an earlier build that holds nothing else
+(`data_pipeline.output_folder`); the same config gives the same bytes.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from mtvjax.data.latent_shard_source import KIND, MANIFEST_VERSION
 from mtvjax.data.stats import compute_stats
 from mtvjax.data.synthetic_latents import kind_text, projected_tokens, render_latents, window_start
 
+from data_pipeline.command import run_build_command
 from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split, write_dataset
 
 RENDERERS = ("synthetic",)
@@ -145,7 +147,7 @@ def _write(config, tmp: Path) -> dict:
         np.save(tmp / f"{k}.npy", v)
     splits = {s: {"records": len(index[s]), "shards": writers[s].close(tmp)} for s in SPLITS}
     settings = {k: v for k, v in json.loads(config.to_json()).items() if k != "output"}
-    return {"manifest_version": MANIFEST_VERSION, "kind": KIND, "name": config.name,
+    return {"manifest_version": MANIFEST_VERSION, "name": config.name,
             "config": settings, "errors": [str(e) for e in errors], "splits": splits,
             "index": index, "statistics": {"mean_path": "mean.npy", "std_path": "std.npy",
                                            "rope_mean_joints": stats["mean"].tolist()}}
@@ -154,26 +156,20 @@ def _write(config, tmp: Path) -> dict:
 def build(config) -> dict:
     """Builds the latent dataset `config` describes into `config.output`; returns its manifest."""
     _check(config)
-    return write_dataset(config.output, lambda folder: _write(config, folder))
+    return write_dataset(config.output, KIND, lambda folder: _write(config, folder))
+
+
+def report(config, manifest: dict) -> None:
+    """Prints the skipped motion (stderr) and one line of counts."""
+    for error in manifest["errors"]:
+        print(f"skipped: {error}", file=sys.stderr)
+    counts = ", ".join(f"{s}: {v['records']} windows" for s, v in manifest["splits"].items())
+    print(f"built {config.output} ({counts})")
 
 
 def main() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "e.g. configs/data/synthetic_latents.py:tiny")
-    flags.mark_flags_as_required(["config"])
-
-    def run(argv):
-        if len(argv) > 1:
-            raise SystemExit(f"unexpected arguments: {argv[1:]}")
-        manifest = build(flags.FLAGS.config)
-        for error in manifest["errors"]:
-            print(f"skipped: {error}", file=sys.stderr)
-        counts = ", ".join(f"{s}: {v['records']} windows" for s, v in manifest["splits"].items())
-        print(f"built {flags.FLAGS.config.output} ({counts})")
-
-    app.run(run)
+    run_build_command(build, report, "python -m data_pipeline.latents", __doc__,
+                      "e.g. configs/data/synthetic_latents.py:tiny")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ the split is complete.
 
 `write_dataset` writes the whole folder (shards, statistics, `manifest.json`) beside the output
 and renames it into place at the end, so a stopped build leaves the previous dataset (or none),
-never a half-written one.
+never a half-written one; it replaces only an earlier build (`data_pipeline.output_folder`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -24,6 +23,8 @@ from typing import Callable
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from mtvjax.data.shard_source import MANIFEST
+
+from data_pipeline.output_folder import check_output, make_temp, move_into_place, remove_stale
 
 SPLITS = ("train", "val")
 ARRAY_RECORD_OPTIONS = "group_size:1"
@@ -72,28 +73,21 @@ class SplitWriter:
         return shards
 
 
-def write_dataset(output, write: Callable[[Path], dict]) -> dict:
+def write_dataset(output, kind: str, write: Callable[[Path], dict]) -> dict:
     """Builds the dataset folder `output`: `write(folder)` fills a fresh temporary folder beside
-    it and returns the manifest, which is saved as `manifest.json`; the folder then replaces a
-    previous build at `output` (never a folder that is not one). Returns the manifest."""
+    it and returns the manifest, which is saved with `kind` as `manifest.json`; the folder then
+    takes the place of `output` where `data_pipeline.output_folder` allows (checked before and
+    after writing, so a refusal comes before the work). Returns the manifest."""
     out = Path(output).absolute()
+    check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale(out)
+    tmp = make_temp(out)
     try:
-        tmp.mkdir()
-        manifest = write(tmp)
+        manifest = {**write(tmp), "kind": kind}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
                                     encoding="utf-8")
-        if out.exists():
-            if not (out / MANIFEST).is_file():
-                raise FileExistsError(f"{out} exists and is not a built dataset; not replacing it")
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        move_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest

@@ -4,10 +4,8 @@
 # Needs: mtvjax installed (`pip install -e .`). Rerunning the same command resumes from the
 # last complete checkpoint in the workdir.
 set -euo pipefail
-if [[ $# -lt 2 ]]; then
-  echo "usage: $0 CONFIG[:VARIANT] WORKDIR [--config.key=value ...]" >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+require_args 2 "CONFIG[:VARIANT] WORKDIR [--config.key=value ...]" "$@"
 config=$1
 workdir=$2
 shift 2

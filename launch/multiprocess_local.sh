@@ -6,10 +6,8 @@
 # exits with the first non-zero status; when one process dies the others fail within
 # MTVJAX_HEARTBEAT_TIMEOUT seconds (default 60) instead of hanging.
 set -euo pipefail
-if [[ $# -lt 3 ]]; then
-  echo "usage: $0 NUM_PROCESSES CONFIG[:VARIANT] WORKDIR [--config.key=value ...]" >&2
-  exit 2
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+require_args 3 "NUM_PROCESSES CONFIG[:VARIANT] WORKDIR [--config.key=value ...]" "$@"
 num_processes=$1
 config=$2
 workdir=$3

@@ -2,11 +2,15 @@
 
 Each subcommand module under `mtvjax.commands` defines its absl flags at import time and a
 `main(argv)`; only the chosen one is imported, so flags of different subcommands never clash.
+`mtvjax.cli_runner.run_command` parses the flags, prints `--help`, keeps library logs quiet and
+turns expected failures into one line (the traceback with `--verbose`).
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from mtvjax.cli_runner import run_command, usage_exit
 
 SUBCOMMANDS = {
     "train": "Train a model from a config (`--config configs/4dmot.py:tiny --workdir DIR`).",
@@ -33,11 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if len(argv) >= 2 else 2)
     name = argv[1]
     if name not in SUBCOMMANDS:
-        print(f"mtvjax: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
-        sys.exit(2)
-    from absl import app
+        usage_exit("mtvjax", f"unknown subcommand {name!r}\n\n{_usage()}")
     module = importlib.import_module(f"mtvjax.commands.{name}")
-    app.run(module.main, argv=[f"mtvjax {name}"] + argv[2:])
+    run_command(module.main, [f"mtvjax {name}"] + argv[2:], f"mtvjax {name}", module.__doc__)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,20 @@ def load_config(path: str, variant: str):
     return load(f"{REPO_ROOT / 'configs' / path}:{variant}")
 
 
+def override(config, overrides: dict):
+    """Sets `{"section.name": value}` entries on `config`; returns it."""
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def logged_losses(workdir) -> dict:
+    """`{step: loss}` of the metrics a training run logged in `workdir`."""
+    from mtvjax.train.metric_writer import read_metrics
+    return {step: row["loss"] for step, row in read_metrics(str(workdir)).items()}
+
+
 @pytest.fixture(scope="session")
 def animate_inputs(tmp_path_factory):
     """A reference image (90 × 70 px), a 60-frame procedural motion and a broken image file."""

@@ -56,12 +56,14 @@ def test_smoke_grid_writes_the_table(smoke):
         assert manifest["splits"]["val"]["records"] > 0
 
 
-def test_finished_rows_are_reused_and_collected(smoke):
+def test_finished_rows_are_reused_and_collected(smoke, capsys):
     config, workdir, out = smoke
     again = ml_collections.ConfigDict(config.to_dict())
     again.only = "tok_baseline,2"                               # by name and by index
     rerun = ablate.run_ablation(again, workdir)
     assert [r["wall_s"] for r in rerun["rows"]] == [r["wall_s"] for r in out["rows"]]
+    printed = capsys.readouterr().out
+    assert "tok_baseline: reusing its finished run" in printed and ": training" not in printed
     again.only, again.collect_only = "", True
     collected = ablate.run_ablation(again, workdir)
     assert collected["table"] == out["table"]

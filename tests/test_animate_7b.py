@@ -47,15 +47,20 @@ def test_7b_animates_a_real_clip_into_an_mp4_deterministically(set7b, animate_in
     np.testing.assert_array_equal(run_cli(tmp_path / "again" / "out.mp4"), video)
 
 
-def test_7b_long_video_with_dynamic_pe_stitches_windows(animate_inputs, tmp_path):
+def test_7b_long_video_with_dynamic_pe_stitches_windows(animate_inputs, tmp_path, capsys):
     """Four windows of a `motion_pe="dynamic"` model, each rotated at its own first pose."""
     dynamic = random_checkpoints.write_set(str(tmp_path / "set"), "cogvideox", WINDOW,
                                            model_fields={"motion_pe": "dynamic"})
     out = tmp_path / "long.mp4"
     report = animate(_config("7b", dynamic, video__frames=37), animate_inputs / "ref.png",
-                     animate_inputs / "motion.npy", out, progress=False)
+                     animate_inputs / "motion.npy", out, progress=True)
     assert report["windows"] == 4 and report["window_starts"] == [0, 8, 16, 24]
     assert read_video_frames(out).shape == (37, 64, 64, 3)
+    # the stages outside the sampling bar are announced (loading, tokenising, per-window work)
+    stages = capsys.readouterr().err
+    for stage in ("loading the cogvideox MV-DiT", "tokenising the motion", "encoding the reference",
+                  "window 1/4: sampling 2 steps (the first compiles", "window 4/4: decoding"):
+        assert stage in stages, stages[-2000:]
 
 
 def test_7b_isa_model_animates_from_raw_motion_without_a_tokenizer(animate_inputs, tmp_path):

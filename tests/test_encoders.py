@@ -17,7 +17,8 @@ transformers = pytest.importorskip("transformers")
 from data_pipeline import text_cache as TC  # noqa: E402
 from mtvjax.data import text_embeddings as TE  # noqa: E402
 from mtvjax.checkpoint.converted import checkpoint_id  # noqa: E402
-from mtvjax.models.encoders import convert as E  # noqa: E402
+from mtvjax.models.encoders import convert_clip_vision as EC  # noqa: E402
+from mtvjax.models.encoders import convert_umt5 as EU  # noqa: E402
 from mtvjax.models.encoders import load as L  # noqa: E402
 from mtvjax.checkpoint.conversion import ConversionError  # noqa: E402
 from mtvjax.models.encoders import clip_vision as C  # noqa: E402
@@ -64,7 +65,7 @@ def hf_umt5(tmp_path_factory):
 def umt5_converted(hf_umt5, tmp_path_factory):
     _, folder = hf_umt5
     dst = tmp_path_factory.mktemp("ckpt") / "umt5"
-    summary = E.convert_umt5(folder, dst, variant=None)
+    summary = EU.convert_umt5(folder, dst, variant=None)
     config, params = L.load_umt5(dst)
     return config, params, summary, dst
 
@@ -161,7 +162,7 @@ def test_umt5_wan_layout_bf16_pth(hf_umt5, umt5_converted, tmp_path):
     config, params, _, _ = umt5_converted
     sd = {k: v.to(torch.bfloat16) for k, v in _wan_t5_state_dict(model.state_dict()).items()}
     torch.save(sd, tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
-    wan_config, wan_params, report = E.convert_umt5_state_dict(
+    wan_config, wan_params, report = EU.convert_umt5_state_dict(
         tmp_path / "models_t5_umt5-xxl-enc-bf16.pth", config)
     assert report["naming"] == "wan" and report["skipped"] == 0
     ref = flat(params)
@@ -180,17 +181,17 @@ def test_umt5_conversion_errors_name_keys(hf_umt5, umt5_converted, tmp_path):
     sd["encoder.extra.weight"] = torch.zeros(3)
     save_file(sd, tmp_path / "bad.safetensors")
     with pytest.raises(ConversionError) as info:
-        E.convert_umt5_state_dict(tmp_path / "bad.safetensors", config)
+        EU.convert_umt5_state_dict(tmp_path / "bad.safetensors", config)
     msg = str(info.value)
     for key in ("encoder.block.1.layer.1.DenseReluDense.wo.weight",
                 "encoder.block.0.layer.0.SelfAttention.q.weight", "encoder.extra.weight",
                 "(31, 32)"):
         assert key in msg, msg
     with pytest.raises(ConversionError, match="shared.weight"):   # wrong preset: shapes differ
-        E.convert_umt5_state_dict(hf_umt5[1], "tiny")
+        EU.convert_umt5_state_dict(hf_umt5[1], "tiny")
     # a plain torch state dict holds both tied embedding copies: the encoder's is used
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-    _, params, report = E.convert_umt5_state_dict(tmp_path / "pytorch_model.bin", config)
+    _, params, report = EU.convert_umt5_state_dict(tmp_path / "pytorch_model.bin", config)
     assert report["skipped_keys"] == "shared.weight"
     np.testing.assert_array_equal(params["token_embedding"]["embedding"],
                                   model.state_dict()["encoder.embed_tokens.weight"].numpy())
@@ -203,7 +204,7 @@ def test_umt5_conversion_errors_name_keys(hf_umt5, umt5_converted, tmp_path):
 
 def test_clip_parity_penultimate_layer(hf_clip, tmp_path):
     model, folder = hf_clip
-    summary = E.convert_clip_vision(folder, tmp_path / "clip", variant=None)
+    summary = EC.convert_clip_vision(folder, tmp_path / "clip", variant=None)
     config, params = L.load_clip_vision(tmp_path / "clip")
     assert (config.num_layers, config.output_layer, config.activation) == (3, 2, "gelu")
     assert summary["skipped"] == 16 + 2    # block 2 (16 tensors) + post_layernorm
@@ -219,7 +220,7 @@ def test_clip_parity_penultimate_layer(hf_clip, tmp_path):
 
 def test_clip_quick_gelu_last_layer_with_projection(tmp_path_factory):
     model, folder = _hf_clip(tmp_path_factory, "quick_gelu", True, 2)
-    config, params, report = E.convert_clip_state_dict(
+    config, params, report = EC.convert_clip_state_dict(
         folder, C.config_from_transformers(model.config, output_layer=-1))
     assert config.activation == "quick_gelu" and config.output_layer == 3
     assert "visual_projection.weight" in report["skipped_keys"]
@@ -275,14 +276,14 @@ def _clip_layouts(hf_sd: dict, layers: int) -> tuple[dict, dict]:
 def test_clip_wan_and_open_clip_layouts(hf_clip, tmp_path):
     from safetensors.torch import save_file
     model, folder = hf_clip
-    config, params, _ = E.convert_clip_state_dict(folder, None)
+    config, params, _ = EC.convert_clip_state_dict(folder, None)
     wan, oc = _clip_layouts(model.state_dict(), 3)
     torch.save(wan, tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     save_file(oc, tmp_path / "open_clip.safetensors")
     ref = flat(params)
     for src, naming in (("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth", "wan"),
                         ("open_clip.safetensors", "open_clip")):
-        _, converted, report = E.convert_clip_state_dict(tmp_path / src, config)
+        _, converted, report = EC.convert_clip_state_dict(tmp_path / src, config)
         assert report["naming"] == naming
         got = flat(converted)
         assert got.keys() == ref.keys()
@@ -292,20 +293,20 @@ def test_clip_wan_and_open_clip_layouts(hf_clip, tmp_path):
 
 def test_clip_conversion_errors_name_keys(hf_clip, tmp_path):
     model, folder = hf_clip
-    config, _, _ = E.convert_clip_state_dict(folder, None)
+    config, _, _ = EC.convert_clip_state_dict(folder, None)
     wan, _ = _clip_layouts(model.state_dict(), 3)
     del wan["model.visual.transformer.1.mlp.2.bias"]
     wan["model.visual.transformer.0.attn.to_qkv.weight"] = torch.zeros(93, 32)
     wan["model.visual.unknown"] = torch.zeros(2)
     torch.save(wan, tmp_path / "bad.pth")
     with pytest.raises(ConversionError) as info:
-        E.convert_clip_state_dict(tmp_path / "bad.pth", config)
+        EC.convert_clip_state_dict(tmp_path / "bad.pth", config)
     msg = str(info.value)
     for key in ("visual.transformer.1.mlp.2.bias", "visual.unknown",
                 "visual.transformer.0.attn.to_qkv.weight[q]"):
         assert key in msg, msg
     with pytest.raises(ConversionError, match="3 blocks.*num_layers=32"):
-        E.convert_clip_state_dict(folder, "clip-vit-h-14")
+        EC.convert_clip_state_dict(folder, "clip-vit-h-14")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from flax import traverse_util
 from conftest import load_config
 from mtvjax.models.mvdit import isa_conditioning as ISA
 from mtvjax.models.mvdit.cogvideox import model as mv
+from mtvjax.models.mvdit.wan import config as WC
 from mtvjax.models.mvdit.wan import model as W
 from mtvjax.models.mvdit.camera import Camera
 from mtvjax.models.mvdit.isa import isa_config
@@ -46,6 +47,27 @@ def _config(variant, **isa):
     config.model.conditioning = "isa"
     config.model.isa.update(isa)
     return config
+
+
+def _check_motion_and_drop_flag(apply, p, atol, tol):
+    """`apply(p, motion_mm, drop)` depends on the motion of each example whose drop flag is off.
+
+    `atol`: tolerance of outputs that must not depend on the motion; `tol` (rtol and atol):
+    of a conditioned example against the same example in an all-conditioned batch. Returns the
+    output of `_motion(0)` with sample 0 dropped and sample 1 conditioned.
+    """
+    keep, mixed, none = (jnp.array(d) for d in ([False, False], [True, False], [True, True]))
+    a, b = apply(p, _motion(0), keep), apply(p, _motion(1), keep)
+    assert np.all(np.isfinite(a))
+    assert float(jnp.abs(a - b)[0].max()) > 1e-3 and float(jnp.abs(a - b)[1].max()) > 1e-3
+    # all points dropped: the motion no longer matters
+    np.testing.assert_allclose(apply(p, _motion(0), none), apply(p, _motion(1), none), atol=atol)
+    # per example: sample 0 dropped, sample 1 conditioned
+    m0, m1 = apply(p, _motion(0), mixed), apply(p, _motion(1), mixed)
+    np.testing.assert_allclose(m0[0], m1[0], atol=atol)
+    np.testing.assert_allclose(m0[1], a[1], rtol=tol, atol=tol)
+    assert float(jnp.abs(m0[0] - a[0]).max()) > 1e-3
+    return m0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,18 +135,9 @@ def test_7b_zero_init_isa_is_the_base_model(m7):
 
 def test_7b_output_depends_on_motion_and_drop_flag_per_example(m7):
     apply, p = m7["apply"], m7["params_r"]
-    keep, mixed, none = (jnp.array(d) for d in ([False, False], [True, False], [True, True]))
-    a, b = apply(p, _motion(0), keep), apply(p, _motion(1), keep)
-    assert np.all(np.isfinite(a))
-    assert float(jnp.abs(a - b)[0].max()) > 1e-3 and float(jnp.abs(a - b)[1].max()) > 1e-3
-    # all points dropped: the motion no longer matters
-    np.testing.assert_allclose(apply(p, _motion(0), none), apply(p, _motion(1), none), atol=1e-6)
-    # per example: sample 0 dropped, sample 1 conditioned
-    m0, m1 = apply(p, _motion(0), mixed), apply(p, _motion(1), mixed)
-    np.testing.assert_allclose(m0[0], m1[0], atol=1e-6)
-    np.testing.assert_allclose(m0[1], a[1], rtol=1e-5, atol=1e-5)
+    m0 = _check_motion_and_drop_flag(apply, p, atol=1e-6, tol=1e-5)
+    none = jnp.array([True, True])
     np.testing.assert_allclose(m0[0], apply(p, _motion(0), none)[0], rtol=1e-5, atol=1e-5)
-    assert float(jnp.abs(m0[0] - a[0]).max()) > 1e-3
 
 
 def test_7b_explicit_camera(m7):
@@ -200,7 +213,7 @@ def test_7b_train_step_trains_only_isa_params():
 
 @pytest.fixture(scope="module")
 def m17():
-    config = W.wan_config(_config("tiny17b", every=1))
+    config = WC.wan_config(_config("tiny17b", every=1))
     model = W.MVDiTWan(config)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(B, F, H, WD, 16)), jnp.float32)
@@ -217,20 +230,20 @@ def m17():
 
 
 def test_17b_config_round_trips_and_default_is_unchanged():
-    default = W.wan_config("tiny17b")
+    default = WC.wan_config("tiny17b")
     assert default.conditioning == "motion_attention" and default.isa == ISA.ISASettings()
     assert not _isa_paths(W.param_shapes(default))
     assert W.param_counts("tiny17b")["total"] == 7_782_720          # README's tiny17b count
-    config = W.wan_config(_config("tiny17b", every=3, points_per_bone=1, plucker=True))
+    config = WC.wan_config(_config("tiny17b", every=3, points_per_bone=1, plucker=True))
     assert config.uses_isa and config.isa.every == 3 and config.isa.plucker
-    fields = json.loads(json.dumps(W.project_config(config)))
+    fields = json.loads(json.dumps(WC.project_config(config)))
     assert fields["model"]["isa"]["points_per_bone"] == 1
-    assert W.wan_config(fields) == config
-    assert W.WanDiTConfig.from_fields(config.to_fields()) == config
+    assert WC.wan_config(fields) == config
+    assert WC.WanDiTConfig.from_fields(config.to_fields()) == config
     with pytest.raises(ValueError, match="unknown model.isa fields"):
-        W.wan_config("tiny17b", isa={"nope": 1})
+        WC.wan_config("tiny17b", isa={"nope": 1})
     with pytest.raises(ValueError, match="conditioning"):
-        W.wan_config("tiny17b", conditioning="tokens")
+        WC.wan_config("tiny17b", conditioning="tokens")
 
 
 def test_17b_isa_layout_and_trainable_mask(m17):
@@ -245,7 +258,7 @@ def test_17b_isa_layout_and_trainable_mask(m17):
 def test_17b_zero_init_isa_is_the_base_model(m17):
     out = m17["apply"](m17["params0"], _motion(0), None)
     chex.assert_shape(out, (B, F, H, WD, 16))
-    base = W.MVDiTWan(W.wan_config("tiny17b", motion_every=0,
+    base = W.MVDiTWan(WC.wan_config("tiny17b", motion_every=0,
                                    text_dim=m17["config"].text_dim))
     flat = traverse_util.flatten_dict(_without_isa(m17["params0"]))
     flat = {(k[:1] + k[2:] if k[:2] == ("blocks", "motion_block") else k): v
@@ -257,16 +270,7 @@ def test_17b_zero_init_isa_is_the_base_model(m17):
 
 
 def test_17b_output_depends_on_motion_and_drop_flag_per_example(m17):
-    apply, p = m17["apply"], m17["params_r"]
-    keep, mixed, none = (jnp.array(d) for d in ([False, False], [True, False], [True, True]))
-    a, b = apply(p, _motion(0), keep), apply(p, _motion(1), keep)
-    assert np.all(np.isfinite(a))
-    assert float(jnp.abs(a - b)[0].max()) > 1e-3 and float(jnp.abs(a - b)[1].max()) > 1e-3
-    np.testing.assert_allclose(apply(p, _motion(0), none), apply(p, _motion(1), none), atol=1e-5)
-    m0, m1 = apply(p, _motion(0), mixed), apply(p, _motion(1), mixed)
-    np.testing.assert_allclose(m0[0], m1[0], atol=1e-5)
-    np.testing.assert_allclose(m0[1], a[1], rtol=1e-4, atol=1e-4)
-    assert float(jnp.abs(m0[0] - a[0]).max()) > 1e-3
+    _check_motion_and_drop_flag(m17["apply"], m17["params_r"], atol=1e-5, tol=1e-4)
 
 
 def test_17b_generate_with_text_and_motion_cfg(m17):

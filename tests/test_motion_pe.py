@@ -26,13 +26,14 @@ from flax import traverse_util
 from conftest import load_config
 from mtvjax.models.mvdit import motion_pe as PE
 from mtvjax.models.mvdit.cogvideox import model as mv
+from mtvjax.models.mvdit.wan import config as WC
 from mtvjax.models.mvdit.wan import model as W
 from mtvjax.models.layers import rope as R
 from mtvjax.parallel.sharding import logical_to_spec
 from mtvjax.train import mvdit_step as steps
 
 F, H, WD = 2, 4, 4                                  # 2 latent frames, 2×2 patch grid
-MEAN = (W.RELEASED_CENTRED_JOINTS + np.array([10.0, -50.0, 3000.0], np.float32)).astype(
+MEAN = (WC.RELEASED_CENTRED_JOINTS + np.array([10.0, -50.0, 3000.0], np.float32)).astype(
     np.float32)                                     # a dataset mean in camera mm
 OTHER = (MEAN + np.random.default_rng(5).normal(scale=80.0, size=(24, 3))).astype(np.float32)
 JOINTS = np.stack([MEAN, MEAN, MEAN, OTHER])
@@ -112,7 +113,7 @@ def out_7b():
 
 
 def _tiny17b(**fields):
-    return W.wan_config("tiny17b", num_layers=1, text_len=8, **fields)
+    return WC.wan_config("tiny17b", num_layers=1, text_len=8, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def out_17b():
     text = np.ones((4, 3, config("4d").text_dim), np.float32)
     tokens = _token_variants(config("4d").motion_dim)
     # the model's static tables use the released (already centred) joints: offset them back
-    joints = JOINTS - MEAN + W.RELEASED_CENTRED_JOINTS + np.array([0.0, 0.0, 2500.0])
+    joints = JOINTS - MEAN + WC.RELEASED_CENTRED_JOINTS + np.array([0.0, 0.0, 2500.0])
 
     def call(pe):
         return W.MVDiTWan(config(pe)).apply(
@@ -185,7 +186,7 @@ def test_4d_tables_are_the_released_ones_bit_for_bit():
     want = R.cogvideox_motion_rope(13, MEAN)
     np.testing.assert_array_equal(ours.cos, want.cos)
     np.testing.assert_array_equal(ours.sin, want.sin)
-    ours = PE.key_table("4d", 13, W.RELEASED_CENTRED_JOINTS, R.wan_motion_band_dims(128), 1e4,
+    ours = PE.key_table("4d", 13, WC.RELEASED_CENTRED_JOINTS, R.wan_motion_band_dims(128), 1e4,
                         batch=1)
     want = W.released_motion_rope(13)
     np.testing.assert_array_equal(ours.cos, want.cos)
@@ -271,9 +272,9 @@ def test_config_fields_and_errors():
         m = load_config("mvdit.py", variant).model
         assert (m.motion_pe, m.motion_query_rope, m.max_motion_frames) == ("4d", "vision", 13)
     with pytest.raises(ValueError, match="unknown motion_pe"):
-        W.wan_config("tiny17b", motion_pe="5d")
+        WC.wan_config("tiny17b", motion_pe="5d")
     with pytest.raises(ValueError, match="unknown motion_query_rope"):
-        W.wan_config("tiny17b", motion_query_rope="xy")
+        WC.wan_config("tiny17b", motion_query_rope="xy")
     config = load_config("mvdit.py", "tiny")
     config.model.motion_pe = "sideways"
     with pytest.raises(ValueError, match="unknown motion_pe"):

@@ -16,13 +16,15 @@ import pytest
 torch = pytest.importorskip("torch")
 from safetensors.torch import save_file  # noqa: E402
 
-from mtvjax.checkpoint.conversion import TensorSource  # noqa: E402
+from mtvjax.checkpoint.conversion import TensorSource, check_layout, slot_of  # noqa: E402
 from mtvjax.models.mvdit.wan import convert as C  # noqa: E402
+from mtvjax.models.mvdit.wan.blocks import LOGICAL_AXES  # noqa: E402
+from mtvjax.models.mvdit.wan import config as WC  # noqa: E402
 from mtvjax.models.mvdit.wan import model as W  # noqa: E402
 from mtvjax.models.layers import rope as R  # noqa: E402
 import torch_reference_mvdit17b as T  # noqa: E402
 
-TINY = W.wan_config("tiny17b")
+TINY = WC.wan_config("tiny17b")
 B, F, H, WD = 2, 2, 4, 4           # latent video [F, H, W]; S = 2·2·2 = 8 tokens
 TEXT_LENS = (5, 9)
 TOL = 1e-5
@@ -64,7 +66,7 @@ def inputs():
 
 
 def run_reference(model, inp, motion=True):
-    cos, sin = T.motion_rope_tables(F, W.RELEASED_CENTRED_JOINTS, TINY.head_dim)
+    cos, sin = T.motion_rope_tables(F, WC.RELEASED_CENTRED_JOINTS, TINY.head_dim)
     with torch.no_grad():
         out = model(torch.from_numpy(inp["x"]), torch.from_numpy(inp["t"]),
                     [torch.from_numpy(inp["text"][b, :n]) for b, n in enumerate(TEXT_LENS)],
@@ -127,7 +129,7 @@ def converted(tmp_path_factory, single_file):
 # ----------------------------------------------------------------------------------------------
 
 
-def doc_param_count(c: W.WanDiTConfig) -> tuple[int, int, int]:
+def doc_param_count(c: WC.WanDiTConfig) -> tuple[int, int, int]:
     """(total, motion, tensors) from the document's tensor list (§3.1)."""
     d, f, lin = c.dim, c.ffn_dim, (lambda i, o: i * o + o)
     top = (lin(c.in_channels * c.patch_volume, d) + lin(c.text_dim, d) + lin(d, d)
@@ -150,15 +152,15 @@ def test_param_counts_tiny_and_17b(reference):
     full = W.param_counts("17b")       # jax.eval_shape: nothing is allocated
     assert full == {"total": 17_443_864_384, "trainable": 1_048_985_600,
                     "tensors_released": 1423}
-    assert doc_param_count(W.wan_config("17b")) == (17_443_864_384, 1_048_985_600, 1423)
+    assert doc_param_count(WC.wan_config("17b")) == (17_443_864_384, 1_048_985_600, 1423)
     assert doc_param_count(TINY)[0] == 7_782_720
     # presets in the configs/mvdit.py shape round-trip through ConfigDict / JSON
     import ml_collections
-    project = W.project_config("tiny17b", remat="full")
+    project = WC.project_config("tiny17b", remat="full")
     assert project["model"]["family"] == "wan" and project["remat"] == "full"
-    assert W.from_config(ml_collections.ConfigDict(project)).config == W.wan_config(TINY,
+    assert W.from_config(ml_collections.ConfigDict(project)).config == WC.wan_config(TINY,
                                                                                    remat="full")
-    assert W.wan_config(json.loads(json.dumps(project))) == W.wan_config(TINY, remat="full")
+    assert WC.wan_config(json.loads(json.dumps(project))) == WC.wan_config(TINY, remat="full")
     # the Wan2.1-I2V-14B part, and a motion block vs a plain block (§1, §3.1)
     assert full["total"] - full["trainable"] == 16_394_878_784
     assert full["trainable"] // 10 == 104_898_560
@@ -167,13 +169,13 @@ def test_param_counts_tiny_and_17b(reference):
 def test_full_size_conversion_layout():
     """At the real size (shapes only, nothing allocated): the converter demands exactly the
     document's tensor shapes, 1,423 of them, and fills every scanned slot once."""
-    cfg = W.wan_config("17b")
+    cfg = WC.wan_config("17b")
     table = C.name_table(cfg)
     shapes = {k: v.shape for k, v in flax.traverse_util.flatten_dict(W.param_shapes(cfg)).items()}
-    fake = TensorSource("fake", {e.source: C.RULES[e.rule][1](shapes[e.target][len(e.index):])
-                                 for e in table}, getters={})
-    C.check_layout(fake, table, shapes, "fake")
-    C._check_table_covers(table, {}, shapes)
+    fake = TensorSource("fake", {e.source: C.RULES[e.rule].source_shapes(
+        shapes[e.target][len(slot_of(e.index)):])[0] for e in table}, getters={})
+    check_layout(fake.shapes, shapes, table, C.RULES, "fake",       # also: every slot filled
+                 stacked=functools.partial(WC.stacked_axes, cfg))
     assert len(table) == 1423
     assert sum(int(np.prod(s)) for s in fake.shapes.values()) == 17_443_864_384
     doc = {"patch_embedding.weight": (5120, 36, 1, 2, 2), "text_embedding.0.weight": (5120, 4096),
@@ -185,8 +187,8 @@ def test_full_size_conversion_layout():
            "img_emb.proj.3.weight": (5120, 1280), "img_emb.proj.4.bias": (5120,)}
     assert {k: tuple(fake.shapes[k]) for k in doc} == doc
     assert "blocks.37.motion_attn.q.weight" not in fake.shapes
-    assert W.block_location(cfg, 36) == (("blocks", "motion_block"), (9,))
-    assert W.block_location(cfg, 39) == (("blocks", "plain"), (9, 2))
+    assert WC.block_location(cfg, 36) == (("blocks", "motion_block"), (9,))
+    assert WC.block_location(cfg, 39) == (("blocks", "plain"), (9, 2))
     assert "tail" not in W.param_shapes(cfg)
 
 
@@ -211,7 +213,7 @@ def test_scan_layout_and_stacking(converted, reference):
     assert tail["motion_block"]["motion_attn"]["o"]["kernel"] == (2, 128, 256)
     sd = state_dict_numpy(reference)
     for i in range(TINY.num_layers):
-        prefix, index = W.block_location(TINY, i)
+        prefix, index = WC.block_location(TINY, i)
         node = converted
         for p in prefix:
             node = node[p]
@@ -228,7 +230,7 @@ def test_scan_layout_and_stacking(converted, reference):
 def test_compiled_program_is_flat_in_depth():
     """The traced program does not grow with the number of layers (scan over groups)."""
     def size(layers):
-        model = W.MVDiTWan(W.wan_config(TINY, num_layers=layers))
+        model = W.MVDiTWan(WC.wan_config(TINY, num_layers=layers))
         args = W.dummy_inputs(model.config)
         jaxpr = jax.make_jaxpr(lambda: model.init(jax.random.PRNGKey(0), *args))()
         return str(jaxpr).count(" = ")   # equations, nested ones included
@@ -241,7 +243,7 @@ def test_logical_axes():
     shapes = flax.traverse_util.flatten_dict(W.param_shapes(TINY))
     assert set(flat) == set(shapes)
     names = {n for spec in flat.values() for n in spec if n is not None}
-    assert names == set(W.LOGICAL_AXES)
+    assert names == set(LOGICAL_AXES)
     for path, spec in flat.items():
         assert len(spec) == len(shapes[path].shape), path
         assert len([n for n in spec if n]) == len({n for n in spec if n}), path
@@ -409,7 +411,7 @@ def test_base_conversion_matches_diffusers(tmp_path, inputs):
 def test_remat_bf16_and_uncond_tokens(converted, inputs):
     """Options on a one-block model (the tail motion block as the only layer), with learnable
     unconditional motion tokens: a remat'ed float32 gradient step and a bfloat16 forward."""
-    small = W.wan_config(TINY, num_layers=1, motion_every=1, uncond_motion=True)
+    small = WC.wan_config(TINY, num_layers=1, motion_every=1, uncond_motion=True)
     assert small.num_uncond_motion_tokens == F * 24
     params = {k: v for k, v in converted.items() if k not in ("blocks", "tail")}
     params["blocks"] = jax.tree.map(lambda a: np.asarray(a)[None],
@@ -425,10 +427,10 @@ def test_remat_bf16_and_uncond_tokens(converted, inputs):
 
     # the remat policy is in the program; gradients reach the motion modules and, through the
     # dropped sample only, the unconditional tokens
-    dots = W.wan_config(small, remat="dots_saveable")
+    dots = WC.wan_config(small, remat="dots_saveable")
     jaxpr = str(jax.make_jaxpr(lambda p: forward(dots, p, None))(params))
     assert "remat" in jaxpr and "policy=DotsSaveable" in jaxpr
-    full = W.wan_config(small, remat="full")
+    full = WC.wan_config(small, remat="full")
     drop = np.array([True, False])
     mask = flax.traverse_util.flatten_dict(W.trainable_mask(params))
     flat = flax.traverse_util.flatten_dict(params)
@@ -445,7 +447,7 @@ def test_remat_bf16_and_uncond_tokens(converted, inputs):
 
     # bfloat16 compute, float32 params: close to float32; motion_drop swaps in the unconditional
     # tokens per sample
-    call = jax.jit(functools.partial(forward, W.wan_config(small, dtype="bfloat16")))
+    call = jax.jit(functools.partial(forward, WC.wan_config(small, dtype="bfloat16")))
     mixed = np.asarray(call(params, drop))
     assert rel_err(mixed, out_f32) < 3e-2
     cond = np.asarray(call(params, np.array([False, False])))
@@ -454,14 +456,14 @@ def test_remat_bf16_and_uncond_tokens(converted, inputs):
     np.testing.assert_array_equal(mixed[0], uncond[0])
     assert rel_err(cond[0], uncond[0]) > 1e-3
     with pytest.raises(ValueError, match="uncond_motion"):
-        jax.eval_shape(lambda p: forward(W.wan_config(small, uncond_motion=False), p, drop),
+        jax.eval_shape(lambda p: forward(WC.wan_config(small, uncond_motion=False), p, drop),
                        params)
 
 
 def test_released_joint_positions(shared_data):
     """The embedded centred joints equal the dataset mean centred as released (§5.2)."""
     mean = np.load(shared_data / "mtvcrafter_sample" / "mean.npy").reshape(24, 3)
-    np.testing.assert_array_equal(R.centre_joint_positions(mean), W.RELEASED_CENTRED_JOINTS)
+    np.testing.assert_array_equal(R.centre_joint_positions(mean), WC.RELEASED_CENTRED_JOINTS)
     a, b = W.released_motion_rope(13), R.wan_motion_rope(13, mean)
     np.testing.assert_array_equal(a.cos, b.cos)
     np.testing.assert_array_equal(a.sin, b.sin)

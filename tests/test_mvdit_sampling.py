@@ -7,6 +7,7 @@ import pytest
 
 from conftest import load_config
 from mtvjax.models.mvdit.cogvideox import model as mvdit_cogvideox
+from mtvjax.models.mvdit.wan import config as WC
 from mtvjax.models.mvdit.wan import model as mvdit_wan
 from mtvjax.sample.mvdit_generate import generate_17b, generate_7b
 
@@ -60,7 +61,7 @@ def test_7b_guidance_scale_one_is_the_conditional_path(tiny_7b):
 
 
 def test_17b_samples_with_text_cfg():
-    config = mvdit_wan.wan_config("tiny17b")
+    config = WC.wan_config("tiny17b")
     model = mvdit_wan.MVDiTWan(config)
     params = mvdit_wan.init_params(config, jax.random.PRNGKey(0))
     keys = jax.random.split(jax.random.PRNGKey(1), 5)

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, load_config, logged_losses, override
 from data_pipeline import latents as latent_build
 from mtvjax.checkpoint.manager import Checkpointer, config_to_json, read_config
 from mtvjax.data.latent_batches import make_latent_batches
 from mtvjax.data.latent_records import decode_latent_record, encode_latent_record
 from mtvjax.data.latent_shard_source import LatentShardSource
+from mtvjax.models.mvdit.wan import config as WC
 from mtvjax.models.mvdit.wan import model as W
 from mtvjax.train import mvdit_step as steps
 from mtvjax.train import mvdit_trainer as T
@@ -40,10 +41,7 @@ def _data_config(variant, output, **extra):
     config = load_config("data/synthetic_latents.py", variant)
     config.output = str(output)
     config.motion.synthetic_sequences = 24
-    for key, value in extra.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    return config
+    return override(config, extra)
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +54,7 @@ def shards(tmp_path_factory):
 def _config(shards, variant="tiny", **extra):
     config = load_config("mvdit.py", variant)
     config.data.path = str(shards)
-    for key, value in {**OVERRIDES, **extra}.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    return config
-
-
-def _losses(workdir):
-    return {step: row["loss"] for step, row in read_metrics(str(workdir)).items()}
+    return override(config, {**OVERRIDES, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +109,9 @@ def test_tiny_trains_from_shards(uninterrupted):
 def test_resume_reproduces_the_uninterrupted_run(uninterrupted, shards, tmp_path):
     reference, final = uninterrupted
     T.train(_config(shards, **{"train.stop_after_steps": 10}), str(tmp_path))
-    assert set(_losses(tmp_path)) == set(range(1, 11))
+    assert set(logged_losses(tmp_path)) == set(range(1, 11))
     state, _ = T.train(_config(shards), str(tmp_path))
-    assert _losses(tmp_path) == _losses(reference)
+    assert logged_losses(tmp_path) == logged_losses(reference)
     for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(final.params)):
         np.testing.assert_array_equal(a, b)
 
@@ -141,11 +132,11 @@ def test_sigterm_checkpoints_then_resumes(uninterrupted, shards, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, out[-2000:] + err[-3000:]
-    stopped = max(_losses(tmp_path))
+    stopped = max(logged_losses(tmp_path))
     assert stopped < NUM_STEPS and "SIGTERM: checkpointed step" in out
     assert Checkpointer(str(tmp_path / "checkpoints")).latest_step() == stopped
     T.train(_config(shards), str(tmp_path))
-    assert _losses(tmp_path) == _losses(uninterrupted[0])
+    assert logged_losses(tmp_path) == logged_losses(uninterrupted[0])
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +236,7 @@ def test_17b_trains_only_the_motion_modules_from_pretrained(tmp_path):
     config.model.num_layers = 4
     # "pretrained" weights for the unfitted model (no unconditional tokens): random values of
     # the shapes `jax.eval_shape` gives, so nothing compiles
-    shapes = W.param_shapes(W.wan_config(config))
+    shapes = W.param_shapes(WC.wan_config(config))
     rng = np.random.default_rng(7)
     pretrained = jax.tree.map(lambda x: (0.02 * rng.normal(size=x.shape)).astype(np.float32),
                               shapes)

@@ -1,6 +1,9 @@
 """RoPE tables and rotation: layouts, band splits, 3-D vision and 4-D motion tables."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -8,24 +11,22 @@ import numpy as np
 import pytest
 
 from mtvjax.models.layers import rope as R
+from mtvjax.models.mvdit.wan.config import RELEASED_CENTRED_JOINTS
 
 LAYOUTS = (R.INTERLEAVED, R.HALF_SPLIT)
 
-# Centred dataset-mean joints in mm from docs/reference/mvdit17b.md §5.2 (x, y, z for joints 0…23).
-DOC_CENTRED_JOINTS = np.array([
-    [-0.0212978125, 19.1070862, 41.7080078], [37.6396866, 87.4716492, 39.5495605],
-    [-38.5407677, 91.8256531, 42.9959717], [1.83283639, -62.5306854, 63.2614746],
-    [85.5214767, 314.443604, -54.1829834], [-91.0816345, 316.165619, -30.487915],
-    [4.86790895, -165.802399, 40.8522949], [97.3257523, 611.953735, 15.6912842],
-    [-88.3197708, 608.868408, 34.4730225], [3.9647243, -204.320099, 27.4915771],
-    [118.628487, 664.03302, -46.8779297], [-109.615578, 663.726685, -32.6437988],
-    [-2.4598577, -373.421204, 39.5362549], [52.164196, -297.852295, 29.298584],
-    [-47.6342621, -296.517975, 44.2646484], [1.68810868, -426.561798, -8.49694824],
-    [116.034988, -310.45694, 18.9602051], [-107.660728, -311.97757, 42.9191895],
-    [168.395767, -165.977127, -15.2663574], [-169.889206, -174.359604, 26.2944336],
-    [138.301086, -141.753433, -82.7803955], [-151.363876, -157.406998, -55.3431396],
-    [126.484077, -135.104095, -102.078125], [-146.2621, -153.55275, -79.1401367],
-], dtype=np.float32)
+DOC_17B = Path(__file__).resolve().parents[1] / "docs" / "reference" / "mvdit17b.md"
+
+
+def doc_centred_joints() -> np.ndarray:
+    """Centred dataset-mean joints in mm (x, y, z for joints 0…23) as written in the code block
+    of docs/reference/mvdit17b.md §5.2, rows `jN x y z`, two joints per line."""
+    text = DOC_17B.read_text(encoding="utf-8")
+    section = text[text.index("### 5.2"):text.index("### 5.3")]
+    block = section[section.index("```"):section.rindex("```")]
+    rows = {int(j): xyz for j, *xyz in re.findall(r"\bj(\d+)\s+(\S+)\s+(\S+)\s+(\S+)", block)}
+    assert sorted(rows) == list(range(24)), f"{DOC_17B} §5.2: joints {sorted(rows)}"
+    return np.array([[float(v) for v in rows[j]] for j in range(24)], np.float32)
 
 
 def _random_mean(seed=0):
@@ -279,9 +280,14 @@ def test_centred_joints_match_doc(mtvcrafter_sample):
     mean = np.load(mtvcrafter_sample / "mean.npy")
     centred = R.centre_joint_positions(mean)
     assert centred.dtype == np.float32
-    np.testing.assert_array_equal(centred, DOC_CENTRED_JOINTS)  # 17B §5.2, exact float32
+    np.testing.assert_array_equal(centred, doc_centred_joints())  # 17B §5.2, exact float32
     np.testing.assert_allclose([mean[:, a].mean() for a in range(3)],
                                [0.787477314, 183.034058, 1779.85254], rtol=1e-8)
+
+
+def test_released_centred_joints_are_the_docs():
+    """The 17B's built-in motion-table positions are the §5.2 numbers (no data needed)."""
+    np.testing.assert_array_equal(RELEASED_CENTRED_JOINTS, doc_centred_joints())
 
 
 @pytest.mark.parametrize("family", ["cogvideox", "wan"])

@@ -143,6 +143,7 @@ def test_dataset_configs_point_at_the_shared_data(shared_data, tmp_path):
     config.output = str(tmp_path / "sample")
     manifest = build(config)
     assert manifest["splits"]["train"]["records"] + manifest["splits"]["val"]["records"] == 3
+    assert manifest["splits"]["val"]["records"] == 1   # a held-out clip for `data.val_path`
 
 
 def test_4dmot_trains_from_the_shards(built, tmp_path):

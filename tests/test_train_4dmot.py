@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, load_config, logged_losses, override
 from mtvjax.checkpoint.manager import read_config
 from mtvjax.train.fourdmot_trainer import train
 from mtvjax.train.metric_writer import read_metrics
@@ -22,15 +22,7 @@ OVERRIDES = {
 
 
 def _config(**extra):
-    config = load_config("4dmot.py", "tiny")
-    for key, value in {**OVERRIDES, **extra}.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    return config
-
-
-def _losses(workdir):
-    return {step: row["loss"] for step, row in read_metrics(str(workdir)).items()}
+    return override(load_config("4dmot.py", "tiny"), {**OVERRIDES, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +50,9 @@ def test_run_writes_logs_checkpoints_and_tensorboard(uninterrupted):
 def test_resume_reproduces_the_uninterrupted_losses(uninterrupted, tmp_path):
     reference, final_state, _ = uninterrupted
     train(_config(**{"train.stop_after_steps": 3}), str(tmp_path))
-    assert _losses(tmp_path).keys() == {1, 2, 3}
+    assert logged_losses(tmp_path).keys() == {1, 2, 3}
     state, _ = train(_config(), str(tmp_path))
-    assert _losses(tmp_path) == _losses(reference)
+    assert logged_losses(tmp_path) == logged_losses(reference)
     np.testing.assert_array_equal(state.quantizer["codebook"], final_state.quantizer["codebook"])
     np.testing.assert_array_equal(state.params["decoder"]["conv_out"]["kernel"],
                                   final_state.params["decoder"]["conv_out"]["kernel"])
@@ -90,12 +82,14 @@ def test_sigkill_at_any_moment_then_rerun_matches_uninterrupted(uninterrupted, t
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(_losses(tmp_path))
+    killed_at = max(logged_losses(tmp_path))
     assert killed_at < 8, "the run finished before it was killed"
     out = subprocess.run(_cli(tmp_path), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "resumed from" in out.stdout
-    assert _losses(tmp_path) == _losses(reference)
+    # no long silence before the first log line: the run says it is compiling, then how long it took
+    assert "compiling the train step" in out.stdout and "first step done after" in out.stdout
+    assert logged_losses(tmp_path) == logged_losses(reference)
 
 
 def test_short_real_training_run_reduces_reconstruction_loss(mtvcrafter_sample, tmp_path):

@@ -55,22 +55,20 @@ def upsample_frames(x):
     return up(x)
 
 
-class Downsample(nn.Module):
-    def __init__(self, width: int, kernel: int):
+class Resample(nn.Module):
+    """Frames pooled ("downsample") or upsampled ("upsample") ×2, then a joint conv.
+
+    The conv has the released name: `joint_downsample` or `upsampler`.
+    """
+
+    def __init__(self, width: int, kernel: int, resample: str):
         super().__init__()
-        self.joint_downsample = nn.Conv1d(width, width, kernel, padding=kernel // 2)
+        self.frames = pool_frames if resample == "downsample" else upsample_frames
+        self.conv_name = "joint_downsample" if resample == "downsample" else "upsampler"
+        self.add_module(self.conv_name, nn.Conv1d(width, width, kernel, padding=kernel // 2))
 
     def forward(self, x):
-        return joint_conv(self.joint_downsample, pool_frames(x))
-
-
-class Upsample(nn.Module):
-    def __init__(self, width: int, kernel: int):
-        super().__init__()
-        self.upsampler = nn.Conv1d(width, width, kernel, padding=kernel // 2)
-
-    def forward(self, x):
-        return joint_conv(self.upsampler, upsample_frames(x))
+        return joint_conv(getattr(self, self.conv_name), self.frames(x))
 
 
 class Half(nn.Module):
@@ -80,15 +78,14 @@ class Half(nn.Module):
         super().__init__()
         w0, w1 = widths
         res = functools.partial(ResBlock, groups=groups, dilation_reference=dilation_reference)
-        resampler = Downsample if resample == "downsample" else Upsample
         self.conv_in = nn.Conv2d(cin, w0, 3, padding=1)
         self.resnet1 = nn.ModuleList(res(w0, w0) for _ in range(blocks))
         self.resnet2 = res(w0, w1)
         self.resnet3 = nn.ModuleList(res(w1, w1) for _ in range(blocks))
         self.conv_out = nn.Conv2d(w1, cout, 3, padding=1)
         self.resample = resample
-        setattr(self, f"{resample}1", resampler(w0, kernel))
-        setattr(self, f"{resample}2", resampler(w1, kernel))
+        setattr(self, f"{resample}1", Resample(w0, kernel, resample))
+        setattr(self, f"{resample}2", Resample(w1, kernel, resample))
 
     def forward(self, x):
         x = self.conv_in(x)

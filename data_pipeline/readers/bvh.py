@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mtvjax.data.motion_files import MotionFormatError
+from mtvjax.data.motion_errors import MotionFormatError
 from mtvjax.data.resample import resample_linear, snap_fps
 from mtvjax.data.skeleton import JOINT_NAMES, NUM_JOINTS
 

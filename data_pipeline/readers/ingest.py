@@ -20,7 +20,7 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from mtvjax.data.motion_files import MotionFormatError
+from mtvjax.data.motion_errors import MotionFormatError
 
 from data_pipeline.readers.arrays import load_joint_array
 from data_pipeline.readers.bvh import load_bvh

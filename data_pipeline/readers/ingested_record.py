@@ -9,7 +9,8 @@ import dataclasses
 
 import numpy as np
 
-from mtvjax.data.motion_files import MotionFormatError
+from mtvjax.data.load_limits import check_coordinates_mm
+from mtvjax.data.motion_errors import MotionFormatError
 from mtvjax.data.skeleton import NUM_JOINTS
 
 CONVENTIONS = ("smpl", "mocap")
@@ -27,6 +28,8 @@ class MotionRecord:
       frame_indices: int64 `[frames]`, the video frame each motion frame belongs to, if any.
       confidence: optional float32 `[frames, 24]` per-joint confidence.
       convention: "smpl" (joints where SMPL regresses them) or "mocap" (a mocap rig's joints).
+      frame_counts: for raw per-frame NLF output, the counted per-frame decisions
+        (`mtvjax.data.detections.COUNT_KEYS`); summed over a file's records they are the file's.
     """
 
     motion: np.ndarray
@@ -36,6 +39,7 @@ class MotionRecord:
     frame_indices: np.ndarray | None = None
     confidence: np.ndarray | None = None
     convention: str = "smpl"
+    frame_counts: dict | None = None
 
     @property
     def num_frames(self) -> int:
@@ -58,6 +62,7 @@ class MotionRecord:
             bad = np.unique(np.nonzero(~np.isfinite(motion))[0])
             raise MotionFormatError(
                 src, f"motion holds NaN or Inf values in {bad.size} frame(s), first at frame {bad[0]}")
+        check_coordinates_mm(motion, src)
         frames = motion.shape[0]
         if not (isinstance(self.fps, (int, float, np.floating, np.integer))
                 and np.isfinite(self.fps) and self.fps > 0):
@@ -100,3 +105,11 @@ def make_record(motion, fps: float, source_id: str, **fields) -> MotionRecord:
         if np.issubdtype(idx.dtype, np.integer):
             fields["frame_indices"] = idx.astype(np.int64, copy=False)
     return MotionRecord(motion=arr, fps=float(fps), source_id=source_id, **fields).validate()
+
+
+def add_frame_counts(total: dict, records) -> dict:
+    """Adds the records' `frame_counts` into `total` (for a build manifest); returns `total`."""
+    for record in records:
+        for name, n in (record.frame_counts or {}).items():
+            total[name] = total.get(name, 0) + int(n)
+    return total

@@ -22,7 +22,8 @@ import zipfile
 
 import numpy as np
 
-from mtvjax.data.motion_files import MotionFormatError
+from mtvjax.data.load_limits import read_npz
+from mtvjax.data.motion_errors import MotionFormatError
 from mtvjax.data.resample import resample_linear
 from mtvjax.data.skeleton import (NEUTRAL_REST_JOINTS, NUM_JOINTS, PARENTS, axis_angle_to_matrix,
                                   forward_kinematics)
@@ -36,9 +37,8 @@ FPS_KEYS = ("mocap_framerate", "mocap_frame_rate", "fps")
 
 def _load_npz(path: str) -> dict:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
+        return read_npz(path)
+    except (FileNotFoundError, MotionFormatError):
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise MotionFormatError(path, f"not a readable .npz without pickled objects ({e})") from None

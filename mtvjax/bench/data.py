@@ -20,12 +20,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from mtvjax.bench.common import REPO
 from mtvjax.bench.tokenizer import jax_figures
 from mtvjax.config import load_config
 from mtvjax.data.loader import make_batches, make_iterator
 from mtvjax.data.shard_source import ShardSource
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def build_dataset(folder: Path, clips: int, frames: tuple[int, int], video_size=None) -> Path:

@@ -28,9 +28,9 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from mtvjax.bench.common import REPO
+
 GiB = 1024 ** 3
 
 

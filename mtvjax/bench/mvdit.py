@@ -11,32 +11,19 @@ available — the same forward and train step in PyTorch, with the ratios.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mtvjax.bench.common import REPO, median_seconds, torch_reference
 from mtvjax.config import load_config
 from mtvjax.models.mvdit.cogvideox import model as mv
 
-REPO = Path(__file__).resolve().parents[2]
 FRAMES, HEIGHT, WIDTH, BATCH = 3, 16, 16, 1
 PRESETS = {"tiny": {}, "mid": dict(num_layers=8, num_heads=8, time_embed_dim=128)}
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def make_model(preset: dict):
@@ -84,8 +71,8 @@ def jax_figures(preset: dict, repeats: int) -> dict:
         state["p"], state["o"], value = step(state["p"], state["o"], x, target)
         value.block_until_ready()
 
-    return {"forward_s": _median_seconds(lambda: forward(params, x).block_until_ready(), repeats),
-            "train_step_s": _median_seconds(run_step, repeats)}
+    return {"forward_s": median_seconds(lambda: forward(params, x).block_until_ready(), repeats),
+            "train_step_s": median_seconds(run_step, repeats)}
 
 
 def compile_seconds(num_layers: int) -> float:
@@ -101,14 +88,10 @@ def compile_seconds(num_layers: int) -> float:
 
 
 def torch_figures(preset: dict, repeats: int) -> dict | None:
-    reference = REPO / "tests" / "torch_reference_mvdit7b.py"
-    if importlib.util.find_spec("torch") is None or not reference.exists():
+    ref = torch_reference("torch_reference_mvdit7b")
+    if ref is None:
         return None
     import torch
-    spec = importlib.util.spec_from_file_location("torch_reference_mvdit7b", reference)
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
-    torch.set_num_threads(os.cpu_count() or 1)
     _, config = make_model(preset)
     m = config.model
     model = ref.ReferenceMVDiT7B(num_layers=m.num_layers, heads=m.num_heads, head_dim=m.head_dim,
@@ -134,8 +117,8 @@ def torch_figures(preset: dict, repeats: int) -> dict | None:
         loss.backward()
         optimizer.step()
 
-    return {"forward_s": _median_seconds(forward, repeats),
-            "train_step_s": _median_seconds(train_step, repeats)}
+    return {"forward_s": median_seconds(forward, repeats),
+            "train_step_s": median_seconds(train_step, repeats)}
 
 
 def main():

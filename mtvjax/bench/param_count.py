@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 from flax import traverse_util
 
+from mtvjax.bench.common import REPO
 from mtvjax.config import load_config
 from mtvjax.models.mvdit import registry
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "mvdit.py"
+CONFIG = REPO / "configs" / "mvdit.py"
 
 
 def count(variant: str) -> dict:

@@ -15,39 +15,17 @@ too (the best single call is printed beside it). When torch and the repository's
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtvjax.bench.common import REPO, call_seconds, median_seconds, torch_reference
 from mtvjax.config import load_config
 from mtvjax.data.loader import make_batches
 from mtvjax.data.stats import compute_stats
 from mtvjax.data.synthetic_motion import SyntheticMotionSource
 from mtvjax.train.fourdmot_trainer import FourDMoTTrainer
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _times(fn, repeats: int) -> list[float]:
-    """Seconds of each of `repeats` calls of `fn()` (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _time(fn, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls."""
-    return float(np.median(_times(fn, repeats)))
-
 
 def matmul_peak_gflops(sizes=(1024, 2048, 4096), repeats: int = 15) -> tuple[float, float]:
     """This machine's f32 matmul peak: (best size's median GFLOP/s, best single call's GFLOP/s).
@@ -59,7 +37,7 @@ def matmul_peak_gflops(sizes=(1024, 2048, 4096), repeats: int = 15) -> tuple[flo
     for n in sizes:
         a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
         matmul = jax.jit(lambda a: a @ a)
-        times = _times(lambda: matmul(a).block_until_ready(), repeats)
+        times = call_seconds(lambda: matmul(a).block_until_ready(), repeats)
         median = max(median, 2 * n ** 3 / float(np.median(times)) / 1e9)
         best = max(best, 2 * n ** 3 / min(times) / 1e9)
     return median, best
@@ -86,9 +64,9 @@ def jax_figures(config, batch: np.ndarray, steps: int) -> dict:
         holder["state"], metrics = compiled(holder["state"], device_batch, rng)
         jax.block_until_ready(metrics["loss"])
 
-    step_seconds = _time(step, steps)
+    step_seconds = median_seconds(step, steps)
     infer = jax.jit(trainer.eval_step)
-    infer_seconds = _time(lambda: jax.block_until_ready(infer(holder["state"], device_batch)), steps)
+    infer_seconds = median_seconds(lambda: jax.block_until_ready(infer(holder["state"], device_batch)), steps)
     n = batch.shape[0]
     return {"train_samples_per_s": n / step_seconds, "train_step_s": step_seconds,
             "infer_clips_per_s": n / infer_seconds, "train_step_gflop": flops / 1e9}
@@ -102,14 +80,10 @@ def with_conv_impl(config, impl: str):
 
 def torch_figures(config, batch: np.ndarray, steps: int) -> dict | None:
     """The same train step in the repository's independent PyTorch reference, if available."""
-    reference = REPO / "tests" / "torch_reference_4dmot.py"
-    if importlib.util.find_spec("torch") is None or not reference.exists():
+    module = torch_reference("torch_reference_4dmot")
+    if module is None:
         return None
     import torch
-    spec = importlib.util.spec_from_file_location("torch_reference_4dmot", reference)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.set_num_threads(os.cpu_count() or 1)
     m = config.model
     model = module.Reference4DMoT(channels=tuple(m.channels), num_res_blocks=m.num_res_blocks,
                                   code_dim=m.code_dim, codebook_size=m.codebook_size,
@@ -129,7 +103,7 @@ def torch_figures(config, batch: np.ndarray, steps: int) -> dict | None:
         loss.backward()
         optimizer.step()
 
-    seconds = _time(step, steps)
+    seconds = median_seconds(step, steps)
     return {"train_samples_per_s": batch.shape[0] / seconds, "train_step_s": seconds}
 
 

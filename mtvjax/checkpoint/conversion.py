@@ -4,8 +4,9 @@ source key and every target (slot) is used exactly once, and filling the target 
 
 A converter supplies its own table and rules; this module knows nothing about any model.
 Targets are paths (tuples of names) in a parameter tree. A *stacked* target (an `nn.scan` layer
-stack) has a leading layer axis; its entries carry the slot `index` they fill, and the rule
-maps a source tensor to one slot (the target shape without the leading axis).
+stack) has one or more leading layer axes (nested scans: groups × blocks); its entries carry the
+slot `index` they fill (an int, or a tuple with one int per stacked axis), and the rule maps a
+source tensor to one slot (the target shape without the stacked axes).
 
 Sources (`TensorSource.open`):
   * a `.safetensors` file, read through `safe_open` one tensor at a time (memory-mapped);
@@ -53,7 +54,7 @@ class Entry(NamedTuple):
     source: str               # source state-dict key
     target: tuple             # path in the target tree
     rule: str                 # name in the converter's rules
-    index: int | None = None  # slot along the leading (layer) axis of a stacked target
+    index: int | tuple | None = None  # slot along the leading (layer) axes of a stacked target
 
 
 AS_IS = Rule(lambda a, t: a, lambda t: [tuple(t)])
@@ -78,35 +79,44 @@ def folder_config(path) -> dict | None:
         raise ConversionError(file, f"invalid JSON ({e})") from e
 
 
-def _slot_name(path: tuple, index: int | None) -> str:
-    return "/".join(path) + ("" if index is None else f"[{index}]")
+def slot_of(index: int | tuple | None) -> tuple:
+    """An entry's `index` as a tuple over the stacked axes (`()`: the whole target)."""
+    if index is None:
+        return ()
+    return tuple(int(i) for i in index) if isinstance(index, tuple) else (int(index),)
+
+
+def _slot_name(path: tuple, slot: tuple) -> str:
+    return "/".join(path) + (f"[{', '.join(map(str, slot))}]" if slot else "")
 
 
 def check_table(table: Sequence[Entry]) -> None:
     """Each source key and each target slot appears once in the table (a bug otherwise)."""
     sources = [e.source for e in table]
-    slots = [(e.target, e.index) for e in table]
+    slots = [(e.target, slot_of(e.index)) for e in table]
     if len(set(sources)) != len(sources) or len(set(slots)) != len(slots):
         raise AssertionError("name table maps a source key or a target slot twice")
 
 
 def check_layout(shapes: dict, targets: dict, table: Sequence[Entry], rules: dict, source,
-                 what: str = "the model", stacked: Callable[[tuple], bool] = lambda p: False
-                 ) -> None:
+                 what: str = "the model", stacked: Callable[[tuple], int] = lambda p: 0,
+                 describe: Callable[[str], str] = str, hint: str = "") -> None:
     """Every source key used, every target slot produced, shapes agreeing; otherwise one
     `ConversionError` listing unused source keys, missing keys, target slots without a source
-    and shape mismatches (source shapes in the file's layout).
+    and shape mismatches (source shapes in the file's layout), then `hint` when given.
 
-    `shapes`: {source key: shape}; `targets`: {path: shape} (stacked: with the layer axis).
+    `shapes`: {source key: shape}; `targets`: {path: shape} (stacked: with the layer axes);
+    `stacked(path)`: how many leading layer axes the target has (True counts as one);
+    `describe(key)`: a source key as errors quote it (e.g. `TensorSource.describe`).
     """
     check_table(table)
     problems = []
     used = {e.source for e in table}
-    produced = {(e.target, e.index) for e in table}
+    produced = {(e.target, slot_of(e.index)) for e in table}
     wanted = set()
     for path, shape in targets.items():
-        wanted |= ({(path, i) for i in range(shape[0])} if stacked(path) else {(path, None)})
-    unused = sorted(set(shapes) - used)
+        wanted |= {(path, slot) for slot in np.ndindex(*shape[:int(stacked(path))])}
+    unused = sorted(describe(k) for k in set(shapes) - used)
     missing = sorted(e.source for e in table if e.source not in shapes)
     unproduced = sorted(_slot_name(*s) for s in wanted - produced)
     unknown = sorted(_slot_name(*s) for s in produced - wanted)
@@ -116,16 +126,17 @@ def check_layout(shapes: dict, targets: dict, table: Sequence[Entry], rules: dic
         if keys:
             problems.append(f"{label}: {format_keys(keys)}")
     for e in table:
-        if e.source in shapes and (e.target, e.index) in wanted:
-            target_shape = tuple(targets[e.target])
-            slot_shape = target_shape[1:] if e.index is not None else target_shape
+        slot = slot_of(e.index)
+        if e.source in shapes and (e.target, slot) in wanted:
+            slot_shape = tuple(targets[e.target])[len(slot):]
             accepted = [tuple(s) for s in rules[e.rule].source_shapes(slot_shape)]
             if tuple(shapes[e.source]) not in accepted:
                 expected = " or ".join(str(s) for s in accepted)
-                problems.append(f"{e.source}: shape {tuple(shapes[e.source])} in file, "
-                                f"expected {expected}")
+                problems.append(f"{describe(e.source)}: shape {tuple(shapes[e.source])} in "
+                                f"file, expected {expected}")
     if problems:
-        raise ConversionError(source, f"cannot convert to {what}:\n  " + "\n  ".join(problems))
+        raise ConversionError(source, f"cannot convert to {what}:\n  " + "\n  ".join(problems)
+                              + (f"\n  ({hint})" if hint else ""))
 
 
 def fill_targets(get: Callable[[str], np.ndarray], targets: dict, table: Sequence[Entry],
@@ -134,16 +145,13 @@ def fill_targets(get: Callable[[str], np.ndarray], targets: dict, table: Sequenc
     the result plus one source tensor). Run `check_layout` first."""
     out = {path: np.empty(tuple(shape), dtype) for path, shape in targets.items()}
     for e in table:
-        dst = out[e.target]
-        slot_shape = dst.shape[1:] if e.index is not None else dst.shape
+        dst, slot = out[e.target], slot_of(e.index)
+        slot_shape = dst.shape[len(slot):]
         value = rules[e.rule].apply(np.asarray(get(e.source)), slot_shape)
         if value.shape != slot_shape:
             raise AssertionError(f"rule {e.rule} gave {value.shape} for {e.source}, "
                                  f"expected {slot_shape}")
-        if e.index is None:
-            dst[...] = value
-        else:
-            dst[e.index] = value
+        dst[slot] = value
     return out
 
 
@@ -193,7 +201,13 @@ class TensorSource:
         return self.shapes.keys()
 
     def get(self, key: str) -> np.ndarray:
-        return _to_numpy(self._getters[key]())
+        """Tensor `key` as numpy; a floating-point tensor with NaN/Inf is refused, named."""
+        value = _to_numpy(self._getters[key]())
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int(value.size - np.count_nonzero(np.isfinite(value)))
+            raise ConversionError(self.path, f"tensor {self.describe(key)} has {bad} NaN/Inf "
+                                  f"value(s) of {value.size}; refusing to convert it")
+        return value
 
     def view(self, shapes: dict, getters: dict) -> "TensorSource":
         """Other tensors (`getters` may read this source's) under this source's path; closing

@@ -4,15 +4,55 @@ Each step folder holds three items: `state` (a pytree of arrays), `data` (the Gr
 state, so a resumed run sees exactly the batches an uninterrupted one would) and `config`
 (JSON, so a checkpoint alone can rebuild its model). Orbax writes into a temporary folder and
 renames it when complete, so a run killed at any moment leaves only complete steps behind.
+A step damaged afterwards (truncated files) is skipped by `Checkpointer.restore_latest`, which
+falls back to the newest intact step and moves the broken one aside to `corrupt_step_<N>`.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
 import os
+import sys
+import time
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+class _AbandonedReads(logging.Filter):
+    """Drops asyncio's report of the other reads of a failed restore (pages of TensorStore)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads():
+    """Silences the reads a failed restore leaves behind (logged or raised when collected)."""
+    quiet, hook = _AbandonedReads(), sys.unraisablehook
+    logging.getLogger("asyncio").addFilter(quiet)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()              # the abandoned reads report when collected: do it here
+        sys.unraisablehook = hook
+        logging.getLogger("asyncio").removeFilter(quiet)
+
+
+class CheckpointError(ValueError):
+    """No readable checkpoint where one is needed (the commands print it as one line)."""
+
+
+def _cause(error: Exception) -> str:
+    """A one-line summary of why reading a step failed (TensorStore errors span pages)."""
+    text = str(error).strip().splitlines()
+    text = text[0] if text else ""
+    return f"{type(error).__name__}: {text[:160]}"
 
 
 def _manager(directory, keep: int | None, create: bool,
@@ -49,6 +89,48 @@ class Checkpointer:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
+    def restore_latest(self, abstract_state, data_iterator=None) -> tuple:
+        """(state, step) of the newest step that restores, like `restore`.
+
+        A newer step that fails to read while an older one restores is broken (truncated or
+        emptied files): it is named in a warning and moved to `corrupt_step_<N>` in the same
+        folder (kept for inspection, out of the way of the next save of step N). When no step
+        restores nothing is moved and `CheckpointError` names each step's failure.
+        """
+        failures = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                with _quiet_abandoned_reads():
+                    state = self.restore(step, abstract_state, data_iterator)
+            except Exception as e:  # noqa: BLE001 - TensorStore raises bare Exception
+                failures.append((step, _cause(e)))
+                continue
+            for broken, cause in failures:
+                self._set_aside(broken, cause, step)
+            return state, step
+        details = "; ".join(f"step {s}: {cause}" for s, cause in failures)
+        raise CheckpointError(f"{self.directory}: no checkpoint step restores ({details})")
+
+    def _set_aside(self, step: int, cause: str, fallback: int):
+        target = f"corrupt_step_{step}_{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"warning: checkpoint step {step} in {self.directory} is unreadable ({cause}); "
+              f"resuming from step {fallback}; the broken step is kept as {target}",
+              file=sys.stderr, flush=True)
+        if jax.process_index() == 0:
+            root = epath.Path(self._manager.directory)
+            (root / str(step)).rename(root / target)
+        ocp.multihost.sync_global_processes(f"mtvjax_set_aside_{step}")
+        self._manager.reload()
+
+    def newest_config(self) -> tuple[dict, int] | None:
+        """The config stored with the newest step whose config reads, and that step."""
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                return _restore_config(self._manager, step), step
+            except CheckpointError:
+                continue
+        return None
+
     def wait(self):
         self._manager.wait_until_finished()
 
@@ -64,9 +146,19 @@ def read_config(directory: str, step: int | None = None) -> tuple[dict, int]:
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{directory}: no complete checkpoint in this folder")
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    manager.close()
-    return config, step
+    try:
+        return _restore_config(manager, step), step
+    finally:
+        manager.close()
+
+
+def _restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
+    try:
+        return manager.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))["config"]
+    except Exception as e:  # noqa: BLE001 - missing or truncated files, whatever Orbax raises
+        raise CheckpointError(f"{manager.directory}: the config of step {step} is unreadable "
+                              f"({_cause(e)})") from e
 
 
 def restore_entries(directory: str, step: int, abstract: dict) -> dict:

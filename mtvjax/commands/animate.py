@@ -7,8 +7,10 @@ sampling step) and, with `--panel`, OUT_panel.mp4.
 """
 from __future__ import annotations
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
+
+from mtvjax.errors import UsageError
 
 from mtvjax.models.mvdit import registry
 
@@ -36,7 +38,7 @@ def parse_resolution(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as e:
-        raise ValueError(f"--resolution {text!r}: expected HxW, e.g. 512x512") from e
+        raise UsageError(f"--resolution {text!r}: expected HxW, e.g. 512x512") from e
     return h, w
 
 
@@ -51,7 +53,7 @@ def apply_flags(config) -> None:
         if value is None:
             continue
         if flag == "prompt" and not registry.family(config.family).HAS_TEXT:
-            raise ValueError("--prompt: the 7B has no text input (use configs/animate.py:17b)")
+            raise UsageError("--prompt: the 7B has no text input (use configs/animate.py:17b)")
         node = config
         for part in path[:-1]:
             node = node[part]
@@ -61,19 +63,15 @@ def apply_flags(config) -> None:
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None:
-        raise SystemExit("mtvjax animate: --config is required (configs/animate.py:7b or :17b)")
+        raise UsageError("--config is required (configs/animate.py:7b or :17b)")
     from mtvjax.sample.animate import animate
     config = FLAGS.config
-    try:
-        apply_flags(config)
-        report = animate(config, FLAGS["ref-image"].value, FLAGS.motion, FLAGS.out,
-                         progress=FLAGS.progress)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"mtvjax animate: {e}") from e
+    apply_flags(config)
+    report = animate(config, FLAGS["ref-image"].value, FLAGS.motion, FLAGS.out,
+                     progress=FLAGS.progress)
     print(f"wrote {report['out']}: {report['frames']} frames {report['height']}x"
           f"{report['width']} in {report['windows']} window(s); "
           f"{report['seconds_per_step']:.3f} s per sampling step "

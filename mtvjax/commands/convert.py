@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from absl import flags
 
+from mtvjax.errors import UsageError
+
 flags.DEFINE_string("src", None, "Source weights: .pt/.bin (weights_only), .safetensors, or a "
                     "diffusers-style folder with sharded safetensors and an index.")
 flags.DEFINE_string("dst", None, "New (or empty) folder for the Orbax checkpoint.")
@@ -50,7 +52,7 @@ def _variant(model: str):
 def convert_4dmot():
     from mtvjax.train.fourdmot_released import convert_4dmot as convert
     if not (FLAGS.mean and FLAGS.std):
-        raise ValueError("4dmot needs --mean and --std (the released normalisation statistics)")
+        raise UsageError("4dmot needs --mean and --std (the released normalisation statistics)")
     s = convert(FLAGS.src, FLAGS.dst, FLAGS.mean, FLAGS.std, _variant("4dmot"))
     return (f"{s['tensors']} tensors, {s['trainable_params']:,} trainable parameters, "
             f"codebook {s['codebook']}, variant {s['variant']}")
@@ -60,7 +62,7 @@ def convert_mvdit7b():
     from mtvjax.models.mvdit.cogvideox.convert import convert_mvdit7b as convert
     source_format = {"mvdit": "mvdit7b"}.get(FLAGS.source_format, FLAGS.source_format)
     if source_format == "wan":
-        raise ValueError("mvdit7b converts released MV-DiT-7B or CogVideoX weights, not Wan")
+        raise UsageError("mvdit7b converts released MV-DiT-7B or CogVideoX weights, not Wan")
     return str(convert(FLAGS.src, FLAGS.dst, _variant("mvdit7b"), source_format, FLAGS.seed,
                        FLAGS.joint_positions))
 
@@ -68,7 +70,7 @@ def convert_mvdit7b():
 def convert_mvdit17b():
     from mtvjax.models.mvdit.wan import convert as module
     if FLAGS.source_format == "cogvideox":
-        raise ValueError("mvdit17b converts released MV-DiT-17B or Wan weights, not CogVideoX")
+        raise UsageError("mvdit17b converts released MV-DiT-17B or Wan weights, not CogVideoX")
     convert = module.convert_wan_base if FLAGS.source_format == "wan" else module.convert_mvdit17b
     return str(convert(FLAGS.src, FLAGS.dst, lora=FLAGS.lora, variant=_variant("mvdit17b"), seed=FLAGS.seed))
 
@@ -86,8 +88,9 @@ def _feature_net(kind: str):
 
 def _encoder(name: str, default_variant: str):
     def convert():
-        from mtvjax.models.encoders import convert as convert_encoders
-        fn = getattr(convert_encoders, f"convert_{name}")
+        import importlib
+        module = importlib.import_module(f"mtvjax.models.encoders.convert_{name}")
+        fn = getattr(module, f"convert_{name}")
         variant = default_variant if FLAGS.variant is None else (FLAGS.variant or None)
         return str(fn(FLAGS.src, FLAGS.dst, variant))
     return convert
@@ -114,10 +117,6 @@ CONVERTERS = {"4dmot": convert_4dmot, "mvdit7b": convert_mvdit7b, "mvdit17b": co
 def main(argv):
     if len(argv) != 2 or argv[1] not in CONVERTERS:
         got = " ".join(argv[1:]) or "nothing"
-        raise SystemExit(f"mtvjax convert: expected one model name out of {', '.join(CONVERTERS)}, "
-                         f"got {got}")
-    try:
-        summary = CONVERTERS[argv[1]]()
-    except (OSError, ValueError) as e:  # bad input files: one message, no traceback
-        raise SystemExit(f"mtvjax convert: {e}") from e
+        raise UsageError(f"expected one model name out of {', '.join(CONVERTERS)}, got {got}")
+    summary = CONVERTERS[argv[1]]()
     print(f"wrote {FLAGS.dst} (step 0): {summary}")

@@ -1,8 +1,13 @@
 """`mtvjax train --config configs/MODEL.py:VARIANT --workdir DIR [--config.key=value ...]`."""
 from __future__ import annotations
 
-from absl import flags, logging
+import os
+
+from absl import flags
 from ml_collections import config_flags
+
+from mtvjax.config import check_train_config
+from mtvjax.errors import UsageError, UserError
 
 config_flags.DEFINE_config_file("config", None, "Config file and variant, e.g. configs/4dmot.py:tiny.",
                                 lock_config=True)
@@ -12,19 +17,17 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
-        raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    from mtvjax.parallel.distributed import initialize_from_env
-    config = FLAGS.config
-    if "model" in config and "family" in config.model:      # MV-DiT (configs/mvdit.py)
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
+    config, workdir = FLAGS.config, FLAGS.workdir
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserError(f"{workdir}: --workdir is a file, not a folder")
+    if check_train_config(config) == "mvdit":                # before anything compiles
         from mtvjax.train.mvdit_trainer import train
-    elif "quantizer" in config:                              # 4DMoT (configs/4dmot.py)
-        from mtvjax.train.fourdmot_trainer import train
     else:
-        raise SystemExit("the config is neither a 4DMoT config (config.quantizer) nor an MV-DiT "
-                         "config (config.model.family)")
+        from mtvjax.train.fourdmot_trainer import train
+    from mtvjax.parallel.distributed import initialize_from_env
     initialize_from_env()
-    _, summary = train(config, FLAGS.workdir)
+    _, summary = train(config, workdir)
     if summary:
         print("final evaluation: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))

@@ -10,14 +10,18 @@ reconstructions are drawn side by side (over the driving video with `--backgroun
 from __future__ import annotations
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
+
+from mtvjax.commands.checkpoint_dir import checkpoint_dir
+from mtvjax.errors import UsageError
 
 flags.DEFINE_string("motion", None, "Motion file (.pkl, .npy, .npz).")
 flags.DEFINE_string("recon", None, "A `mtvjax tokenize` .npz, or a second motion file.")
 flags.DEFINE_integer("clip", 0, "Which clip of the motion file.")
 flags.DEFINE_boolean("background", False, "Draw over the clip's driving video (when it has one).")
-flags.DEFINE_string("checkpoint", None, "4DMoT checkpoint (codebook).")
-flags.DEFINE_string("data", None, "Motion file or folder to measure code usage on (codebook).")
+flags.DEFINE_string("checkpoint", None, "4DMoT checkpoint or training workdir (codebook).")
+flags.DEFINE_string("data", None, "Motion file or folder to measure code usage on (codebook): "
+                    "NLF pickles, joint arrays, SMPL parameters or BVH, like `mtvjax eval`.")
 flags.DEFINE_integer("frames", 49, "Segment length for tokenising (codebook).")
 flags.DEFINE_integer("fps", 30, "Frames per second of the written video.")
 flags.DEFINE_string("out", None, "Output: .mp4 or .gif (motion), .png (codebook).")
@@ -41,15 +45,18 @@ def _panels_from_tokens(path: str, clip_index: int):
         keep = out["clip"] == clip_index
         if not keep.any():
             raise ValueError(f"{path}: no segments of clip {clip_index}")
-        frames = (out["start"][keep][:, None] + np.arange(int(out["frames"])) * int(out["stride"]))
-        return (out["motion_mm"][keep].reshape(-1, 24, 3), out["recon_mm"][keep].reshape(-1, 24, 3),
-                frames.reshape(-1))
+        frames = (out["start"][keep][:, None]
+                  + np.arange(int(out["frames"])) * int(out["stride"])).reshape(-1)
+        # the tail segment overlaps the one before it: draw each clip frame once, in order
+        first = np.unique(frames, return_index=True)[1]
+        return (out["motion_mm"][keep].reshape(-1, 24, 3)[first],
+                out["recon_mm"][keep].reshape(-1, 24, 3)[first], frames[first])
 
 
 def viz_motion():
     from mtvjax.viz.skeleton_video import read_video_frames, render_motion_panels
     if not FLAGS.motion:
-        raise ValueError("viz motion needs --motion")
+        raise UsageError("viz motion needs --motion")
     clip = _clip(FLAGS.motion, FLAGS.clip)
     motions, titles, frame_ids = [clip.motion], ["input"], np.arange(len(clip.motion))
     if FLAGS.recon:
@@ -70,17 +77,20 @@ def viz_motion():
 
 
 def viz_codebook():
-    from mtvjax.data.motion_files import load_clips
+    from mtvjax.commands.motion_inputs import read_motion_files
     from mtvjax.evaluate.metrics import code_histogram
     from mtvjax.models.fourdmot.tokenizer import Tokenizer, segment_motion
     from mtvjax.viz.codebook_plot import plot_code_usage
     if not (FLAGS.checkpoint and FLAGS.data):
-        raise ValueError("viz codebook needs --checkpoint and --data")
-    tokenizer = Tokenizer(FLAGS.checkpoint)
-    clips, _ = load_clips(FLAGS.data, min_frames=FLAGS.frames, skip_bad=True)
+        raise UsageError("viz codebook needs --checkpoint and --data")
+    tokenizer = Tokenizer(checkpoint_dir(FLAGS.checkpoint))
+    clips, errors = read_motion_files(FLAGS.data)
+    clips = [(name, motion) for name, motion in clips if len(motion) >= FLAGS.frames]
     if not clips:
-        raise ValueError(f"{FLAGS.data}: no clip with {FLAGS.frames} frames")
-    segments = np.concatenate([segment_motion(c.motion, FLAGS.frames, 1, c.name)[0] for c in clips])
+        raise ValueError(f"{FLAGS.data}: no clip with {FLAGS.frames} frames"
+                         + (f" ({len(errors)} unreadable file(s), first: {errors[0]})" if errors else ""))
+    segments = np.concatenate([segment_motion(motion, FLAGS.frames, 1, name)[0]
+                               for name, motion in clips])
     indices = tokenizer.tokenize(segments)["indices"]
     stats = plot_code_usage(np.asarray(code_histogram(indices, tokenizer.codebook_size)), FLAGS.out,
                             title=f"4DMoT code usage ({len(segments)} segments)")
@@ -89,11 +99,7 @@ def viz_codebook():
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
     actions = {"motion": viz_motion, "codebook": viz_codebook}
     if len(argv) != 2 or argv[1] not in actions:
-        raise SystemExit(f"mtvjax viz: expected one of {', '.join(actions)}, got {argv[1:]}")
-    try:
-        actions[argv[1]]()
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"mtvjax viz {argv[1]}: {e}") from e
+        raise UsageError(f"expected one of {', '.join(actions)}, got {argv[1:]}")
+    actions[argv[1]]()

@@ -19,7 +19,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from mtvjax.data.motion_files import MotionClip, load_clips
+from mtvjax.data.motion_files import MotionClip, MotionFormatError, load_clips
 from mtvjax.data.shard_source import ShardSource
 from mtvjax.data.synthetic_motion import SyntheticMotionSource
 
@@ -129,6 +129,9 @@ def make_source(data_config, min_frames: int):
         if not data_config.path:
             raise ValueError(f"data.source={data_config.source!r} needs --config.data.path")
         clips, errors = load_clips(data_config.path, min_frames=min_frames, skip_bad=True)
+        if not clips:
+            raise MotionFormatError(data_config.path, f"no usable motion clips; all {len(errors)} "
+                                    f"refused, e.g. {'; '.join(e[:200] for e in errors[:3])}")
         return ClipListSource(clips), errors
     if data_config.source == "shards":
         if not data_config.path:

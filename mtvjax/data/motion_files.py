@@ -1,8 +1,10 @@
-"""Motion clips read from users' files: MTVCrafter `.pkl`, `.npy` and `.npz` joint arrays.
+"""Motion clips read from users' files: MTVCrafter/NLF `.pkl`, `.npy` and `.npz` joint arrays.
 
-A clip is SMPL joint motion `[frames, 24, 3]` float32 in camera-space millimetres. Every loader
-validates what it reads and raises `MotionFormatError` naming the file and clip; `load_clips`
-with `skip_bad=True` instead collects those errors so a long run can skip and count them.
+A clip is SMPL joint motion `[frames, 24, 3]` float32 in camera-space millimetres. Files are
+read by the one rule of `mtvjax.data.pose_clips` (the dataset builder reads them the same way),
+under the bounds of `mtvjax.data.load_limits`. Every loader validates what it reads and raises
+`MotionFormatError` naming the file and clip; `load_clips` with `skip_bad=True` instead collects
+those errors so a long run can skip and count them.
 """
 from __future__ import annotations
 
@@ -12,20 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mtvjax.data.safe_pickle import UnsafePickleError, load_pickle
+from mtvjax.data.load_limits import MAX_ABS_MM, check_coordinates_mm
+from mtvjax.data.motion_errors import MotionFormatError, UnsafePickleError
+from mtvjax.data.pose_clips import ARRAY_SUFFIXES, PICKLE_SUFFIXES, read_pose_clips
 from mtvjax.data.skeleton import NUM_JOINTS
 
-MOTION_SUFFIXES = (".pkl", ".npy", ".npz")
-NPZ_KEYS = ("motion", "joints", "pose", "poses3d")
+__all__ = ["MOTION_SUFFIXES", "MotionClip", "MotionFormatError", "load_clips", "motion_files",
+           "read_clips", "validate_motion"]
 
-
-class MotionFormatError(ValueError):
-    """A motion file (or one clip in it) cannot be used; the message starts with its source."""
-
-    def __init__(self, source: str, problem: str):
-        super().__init__(f"{source}: {problem}")
-        self.source = source
-        self.problem = problem
+MOTION_SUFFIXES = PICKLE_SUFFIXES + ARRAY_SUFFIXES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +32,10 @@ class MotionClip:
     video_path: str | None = None
 
 
-def validate_motion(motion, name: str, min_frames: int = 1) -> np.ndarray:
-    """Returns `motion` as float32 `[frames, 24, 3]` or raises `MotionFormatError` naming `name`."""
+def validate_motion(motion, name: str, min_frames: int = 1,
+                    max_abs_mm: float = MAX_ABS_MM) -> np.ndarray:
+    """Returns `motion` as float32 `[frames, 24, 3]` or raises `MotionFormatError` naming `name`
+    (also for coordinates beyond `max_abs_mm`, finite but absurd: wrong units or garbage)."""
     arr = np.asarray(motion)
     if arr.dtype.kind not in "fiu":
         raise MotionFormatError(name, f"motion has dtype {arr.dtype}, expected numbers")
@@ -49,72 +48,57 @@ def validate_motion(motion, name: str, min_frames: int = 1) -> np.ndarray:
         bad = np.argwhere(~np.isfinite(arr).all(axis=(1, 2)))[:, 0]
         raise MotionFormatError(name, f"motion has NaN/Inf values in {len(bad)} frame(s), first "
                                 f"at frame {int(bad[0])}")
+    check_coordinates_mm(arr, name, max_abs_mm)
     return arr.astype(np.float32)
 
 
-def _clips_from_pickle(path: Path) -> list[MotionClip]:
-    data = load_pickle(path)
-    items = data if isinstance(data, list) else [data]
-    clips = []
-    for i, item in enumerate(items):
-        name = f"{path}[{i}]"
-        if not isinstance(item, dict) or "pose" not in item:
-            raise MotionFormatError(name, f"expected a dict with a 'pose' entry "
-                                    f"(MTVCrafter format), got {type(item).__name__}")
-        video = item.get("video_path")
-        if isinstance(video, str) and not os.path.isabs(video):
-            video = str(path.parent / video)
-        clips.append(MotionClip(item["pose"], name, video if isinstance(video, str) else None))
-    return clips
+def read_clips(path: str | os.PathLike, **rule) -> list[MotionClip]:
+    """All clips of one motion file, unvalidated. Raises `MotionFormatError` for unreadable files.
 
-
-def _clips_from_array_file(path: Path) -> list[MotionClip]:
-    if path.suffix == ".npy":
-        return [MotionClip(np.load(path, allow_pickle=False), str(path))]
-    with np.load(path, allow_pickle=False) as npz:
-        keys = [k for k in NPZ_KEYS if k in npz.files] or (npz.files if len(npz.files) == 1 else [])
-        if not keys:
-            raise MotionFormatError(path, f"no motion array; expected one of {NPZ_KEYS} or a "
-                                    f"single array, found {npz.files}")
-        return [MotionClip(npz[keys[0]], str(path))]
-
-
-def read_clips(path: str | os.PathLike) -> list[MotionClip]:
-    """All clips of one motion file, unvalidated. Raises `MotionFormatError` for unreadable files."""
+    `rule` holds the options of `pose_clips.read_pose_clips` (`missing`, `max_gap`, `limits`).
+    Clips of a pickle are named `path[i]` (plus `#k` for the k-th stretch of a split raw file).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: motion file not found")
     try:
-        if path.suffix == ".pkl":
-            return _clips_from_pickle(path)
-        if path.suffix in (".npy", ".npz"):
-            return _clips_from_array_file(path)
+        clips = read_pose_clips(path, **rule)
     except (MotionFormatError, UnsafePickleError):
         raise
     except Exception as e:  # noqa: BLE001 - unreadable content becomes one error naming the file
         raise MotionFormatError(path, f"cannot read motion ({type(e).__name__}: {e})") from e
-    raise MotionFormatError(path, f"unknown motion file type; expected one of {MOTION_SUFFIXES}")
+    if path.suffix.lower() not in PICKLE_SUFFIXES:
+        return [MotionClip(clips[0].motion, str(path))]
+    result = []
+    for clip in clips:
+        video = clip.video_path
+        if video is not None and not os.path.isabs(video):
+            video = str(path.parent / video)
+        name = f"{path}[{clip.item}]" + ("" if clip.part is None else f"#{clip.part}")
+        result.append(MotionClip(clip.motion, name, video))
+    return result
 
 
 def motion_files(path: str | os.PathLike) -> list[Path]:
     """`path` itself, or the motion files in a folder (sorted, recursive)."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in MOTION_SUFFIXES and p.is_file())
+        return sorted(p for p in path.rglob("*")
+                      if p.suffix.lower() in MOTION_SUFFIXES and p.is_file())
     return [path]
 
 
-def load_clips(path: str | os.PathLike, min_frames: int = 1, skip_bad: bool = False
+def load_clips(path: str | os.PathLike, min_frames: int = 1, skip_bad: bool = False, **rule
                ) -> tuple[list[MotionClip], list[str]]:
     """Validated clips from a file or folder, and the errors of the clips that were skipped.
 
     With `skip_bad=False` the first bad file or clip raises; with `skip_bad=True` it is left out
-    and its error message is returned in the second list.
+    and its error message is returned in the second list. `rule` is passed to `read_clips`.
     """
     clips, errors = [], []
     for file in motion_files(path):
         try:
-            file_clips = read_clips(file)
+            file_clips = read_clips(file, **rule)
         except (MotionFormatError, UnsafePickleError, OSError) as e:
             if not skip_bad:
                 raise

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -53,10 +54,8 @@ def driving_motion(path, frames: int, clip: int = 0, start: int = 0,
     if len(c.motion) < span:
         raise ValueError(f"{c.name}: motion has {len(c.motion)} frames, too short for {frames} "
                          f"frames from frame {start} at stride {stride} ({span} needed)")
-    video = c.video_path
-    if video and not Path(video).is_absolute():
-        video = str(Path(path).parent / video) if Path(path).is_file() else video
-    return DrivingMotion(c.motion[start:span:stride], c.name, video, start, stride)
+    # load_clips already resolved a relative video path against the motion file's folder
+    return DrivingMotion(c.motion[start:span:stride], c.name, c.video_path, start, stride)
 
 
 def build_animator(config, progress: bool = True):
@@ -141,6 +140,10 @@ def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> 
     report (also written as `OUT.json`)."""
     from mtvjax.models.fourdmot.tokenizer import Tokenizer
     started = time.perf_counter()
+
+    def say(stage: str) -> None:   # what the minutes outside the sampling bar are spent on
+        if progress:
+            print(f"[{time.perf_counter() - started:5.1f} s] {stage}", file=sys.stderr, flush=True)
     v, lg = config.video, config.long
     if Path(out_path).suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"{out_path}: the output must be .mp4 (or .gif)")
@@ -151,10 +154,13 @@ def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> 
     reference_u8 = RI.fit_reference(RI.load_image(ref_image), tuple(v.resolution), v.bucket_base)
     isa = check_checkpoints(config)
 
+    say(f"loading the {config.family} MV-DiT, VAE and encoders "
+        f"({len(plan.starts)} window(s) of {plan.window} frames to sample)")
     animator = build_animator(config, progress)
     windows_mm = window_motion(drive.motion, plan)
     tok = None
     if config.checkpoints.tokenizer or not isa:
+        say("tokenising the motion with 4DMoT (compiles once)")
         tokenizer = Tokenizer(config.checkpoints.tokenizer)
         width = animator.motion_width
         if isa:   # only for the panel / MPJPE: any code width will do
@@ -163,6 +169,7 @@ def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> 
 
     key_ref, key_windows = jax.random.split(jax.random.PRNGKey(int(config.seed)))
     reference = RI.to_signed(reference_u8)
+    say("encoding the reference image")
     cond = animator.prepare(reference, plan.window, key_ref)
     decoded, previous = [], None
     for w in range(len(plan.starts)):
@@ -170,8 +177,11 @@ def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> 
         joints = windows_mm[w:w + 1, 0] if animator.dynamic_pe else None   # first-frame pose
         tokens = None if isa else tok["tokens"][w:w + 1]
         motion_mm = np.asarray(windows_mm[w:w + 1], np.float32) if isa else None
+        say(f"{label}: sampling {int(config.sampling.steps)} steps"
+            + (" (the first compiles the sampler)" if w == 0 else ""))
         latents = animator.sample(cond, tokens, jax.random.fold_in(key_windows, w), previous,
                                   label, joints, motion_mm=motion_mm)
+        say(f"{label}: decoding with the VAE")
         decoded.append(animator.decode(latents))
         previous = decoded[-1][-plan.overlap:] if plan.overlap else None
     video_u8 = RI.to_uint8(stitch(decoded, plan))

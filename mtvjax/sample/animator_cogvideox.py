@@ -3,10 +3,10 @@
 As the released pipeline (docs/reference/mvdit7b.md §6): the reference image (already at the
 generation size, in [−1, 1]) is repeated over the window's frames and VAE-encoded as a video;
 the latents are a posterior *sample* and are *not* multiplied by the scaling factor, while
-decoding divides by it. Sampling is the CogVideoX DPM-Solver++(2M) SDE ("dpm", released) or DDIM
-("ddim") with motion CFG whose unconditional branch uses the model's learnable unconditional
-motion tokens. Later long-video windows pin their first latent frames to the scaled VAE latents
-of the previous window's last frames (`long_video`).
+decoding divides by it. Sampling follows the family's `SAMPLER` recipe: the CogVideoX
+DPM-Solver++(2M) SDE ("dpm", released) or DDIM ("ddim") with motion CFG whose unconditional branch
+uses the model's learnable unconditional motion tokens. Later long-video windows pin their first
+latent frames to the scaled VAE latents of the previous window's last frames (`long_video`).
 """
 from __future__ import annotations
 
@@ -16,12 +16,9 @@ import numpy as np
 
 from mtvjax.models.mvdit.cogvideox.convert import restore_mvdit7b
 from mtvjax.models.vae.cogvideox.convert import restore_vae_cogvideox
-from mtvjax.sample import guidance as G
-from mtvjax.diffusion import samplers
-from mtvjax.sample.animator_common import SamplingRuns, cast_floats, compute_dtype
+from mtvjax.sample.animator_common import (SamplingRuns, cast_floats, compute_dtype,
+                                           motion_args, recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_7b
-
-SAMPLERS = {"dpm": samplers.cogvideox_dpm, "ddim": samplers.cogvideox_ddim}
 
 
 class CogVideoXAnimator:
@@ -30,11 +27,8 @@ class CogVideoXAnimator:
     family = "cogvideox"
 
     def __init__(self, config, progress: bool = True):
-        s = config.sampling
         dtype = compute_dtype(config.dtype)
-        if s.sampler not in SAMPLERS:
-            raise ValueError(f"sampling.sampler {s.sampler!r}: the 7B samples with "
-                             f"{sorted(SAMPLERS)}")
+        sampler, guidance = recipe_sampling(self.family, config.sampling)
         _, self.model, params = restore_mvdit7b(config.checkpoints.mvdit, dtype=dtype)
         self.params = cast_floats(params, dtype)
         _, self.vae, self.vae_params = restore_vae_cogvideox(config.checkpoints.vae,
@@ -45,8 +39,8 @@ class CogVideoXAnimator:
         self.motion_width = self.model.width
         self.isa = self.model.conditioning == "isa"           # raw motion, no tokens
         self.dynamic_pe = self.model.motion_pe == "dynamic" and not self.isa
-        self.runs = SamplingRuns(denoise_7b(self.model), SAMPLERS[s.sampler](s.steps),
-                                 G.motion_cfg_7b(s.motion_cfg), dtype, config.long.blend, progress)
+        self.runs = SamplingRuns(denoise_7b(self.model), sampler, guidance, dtype,
+                                 config.long.blend, progress)
 
     def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
         """Per-video conditioning: `reference` `[H, W, 3]` in [−1, 1] repeated `frames` times."""
@@ -67,11 +61,7 @@ class CogVideoXAnimator:
         ref = cond["ref_latents"]
         pinned = None if previous_frames is None else self.encode_clean(previous_frames)
         shape = ref.shape[:-1] + (self.model.out_channels,)
-        args = (self.params, ref, tokens)
-        if motion_joints is not None or motion_mm is not None:
-            args += (motion_joints,)
-        if motion_mm is not None:
-            args += (jnp.asarray(motion_mm, jnp.float32),)
+        args = (self.params, ref, tokens) + motion_args(motion_joints, motion_mm)
         return self.runs(shape, key, args, pinned, label)
 
     def decode(self, latents) -> np.ndarray:

@@ -1,10 +1,12 @@
-"""What the two MV-DiT animators share: dtypes, compiled sampling runs, progress and timing.
+"""What the two MV-DiT animators share: dtypes, the family's sampling recipe, compiled sampling
+runs, progress and timing.
 
 An animator (`animator_cogvideox.CogVideoXAnimator`, `animator_wan.WanAnimator`) turns one
 window of motion tokens plus the reference conditioning into denoised latents and decodes them.
-`SamplingRuns` keeps one ahead-of-time compiled sampling loop per input signature (the first
-window, and later windows with their pinned overlap latents), reports compile and sampling
-seconds separately, and drives a progress bar from the loop's step callback.
+`recipe_sampling` builds the sampler and CFG that the family's `SAMPLER` recipe names from the
+config's `sampling` section. `SamplingRuns` keeps one ahead-of-time compiled sampling loop per
+input signature (the first window, and later windows with their pinned overlap latents), reports
+compile and sampling seconds separately, and drives a progress bar from the loop's step callback.
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
+from mtvjax.diffusion import samplers
 from mtvjax.models.layers.dtypes import DTYPES
+from mtvjax.models.mvdit import registry
+from mtvjax.sample import guidance as G
 from mtvjax.sample.long_video import blend_weights, pin_first_latents
 from mtvjax.sample.loop import make_sample_fn
 
@@ -31,6 +36,39 @@ def cast_floats(tree, dtype):
     """Floating leaves of `tree` in `dtype` (bf16 halves the memory of a large model)."""
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                         tree)
+
+
+def _motion_guidance(sampling) -> G.Guidance:
+    return G.motion_cfg_7b(float(sampling.motion_cfg))
+
+
+def _text_guidance(sampling) -> G.Guidance:
+    motion = float(sampling.motion_cfg)
+    if motion == 1.0:
+        return G.text_cfg_17b(sampling.text_cfg)
+    return G.text_motion_cfg_17b(sampling.text_cfg, motion)
+
+
+GUIDANCE = {"motion": _motion_guidance, "text": _text_guidance}   # SamplerRecipe.guidance styles
+
+
+def recipe_sampling(family: str, sampling):
+    """(sampler, guidance) of `family`'s sampling recipe for a `sampling` config section
+    (sampler, steps, motion_cfg, text_cfg)."""
+    recipe = registry.family(family).SAMPLER
+    sampler = getattr(samplers, recipe.factory(sampling.sampler))(int(sampling.steps))
+    return sampler, GUIDANCE[recipe.guidance](sampling)
+
+
+def motion_args(motion_joints=None, motion_mm=None) -> tuple:
+    """The optional trailing model arguments of an animator's sampling run: the first-frame
+    joints (dynamic motion PE) and the window's raw motion in mm (ISA model)."""
+    args = ()
+    if motion_joints is not None or motion_mm is not None:
+        args += (motion_joints,)
+    if motion_mm is not None:
+        args += (jnp.asarray(motion_mm, jnp.float32),)
+    return args
 
 
 class SamplingRuns:

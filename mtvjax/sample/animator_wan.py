@@ -4,9 +4,9 @@ As the released pipeline (docs/reference/mvdit17b.md §6): the prompt and the ne
 umT5-encoded (or read precomputed), the reference image (at its bucket size, in [−1, 1]) gives
 the CLIP features and the first frame of the conditioning video whose other frames are 0; that
 video is VAE-encoded (normalised posterior mean) and joined with a 4-channel mask that is 1 on
-the known latent frames, giving y. Sampling is flow-matching Euler ("euler", released) or UniPC
-("unipc") with text CFG (negative prompt in the unconditional slot), plus motion CFG when the
-model has unconditional motion tokens (not in the release).
+the known latent frames, giving y. Sampling follows the family's `SAMPLER` recipe: flow-matching
+Euler ("euler", released) or UniPC ("unipc") with text CFG (negative prompt in the unconditional
+slot), plus motion CFG when the model has unconditional motion tokens (not in the release).
 
 A long-video window after the first is conditioned as the release's second clip (§6.8): its
 conditioning video holds the previous window's last frames (mask 1 on their latent frames), its
@@ -27,12 +27,10 @@ from mtvjax.models.encoders import clip_vision
 from mtvjax.models.mvdit.wan import model as mvdit_wan
 from mtvjax.models.vae.wan import model as vae_wan
 from mtvjax.models.encoders.image_preprocess import clip_preprocess
-from mtvjax.sample import guidance as G
-from mtvjax.diffusion import samplers
-from mtvjax.sample.animator_common import SamplingRuns, cast_floats, compute_dtype
+from mtvjax.sample.animator_common import (SamplingRuns, cast_floats, compute_dtype,
+                                           motion_args, recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_17b
 
-SAMPLERS = {"euler": samplers.flow_euler, "unipc": samplers.flow_unipc}
 MASK_CHANNELS = 4
 
 
@@ -71,31 +69,27 @@ class WanAnimator:
     family = "wan"
 
     def __init__(self, config, progress: bool = True):
-        s, c = config.sampling, config.checkpoints
+        c = config.checkpoints
         dtype = compute_dtype(config.dtype)
-        if s.sampler not in SAMPLERS:
-            raise ValueError(f"sampling.sampler {s.sampler!r}: the 17B samples with "
-                             f"{sorted(SAMPLERS)}")
+        sampler, guidance = recipe_sampling(self.family, config.sampling)
         model_config, params = convert_mvdit17b.load_converted(c.mvdit)
         self.model = mvdit_wan.MVDiTWan(dataclasses.replace(model_config, dtype=config.dtype))
         self.params = cast_floats(params, dtype)
         self.vae_config, self.vae_params = convert_vae_wan.load_converted(c.vae)
         self.clip_config, self.clip_params = load_clip_vision(c.clip)
         self.text, self.negative = text_embeddings(config)
-        motion_cfg = float(s.motion_cfg)
+        motion_cfg = float(config.sampling.motion_cfg)
         self.isa = model_config.conditioning == "isa"         # raw motion, no tokens
-        if motion_cfg != 1.0 and not (model_config.uncond_motion or self.isa):
+        use_motion = motion_cfg != 1.0                        # text + motion guidance
+        if use_motion and not (model_config.uncond_motion or self.isa):
             raise ValueError(f"motion CFG {motion_cfg} needs a 17B with unconditional motion "
                              "tokens (model.uncond_motion); the released 17B has none: use 1.0")
-        use_motion = motion_cfg != 1.0
-        guidance = (G.text_motion_cfg_17b(s.text_cfg, motion_cfg) if use_motion
-                    else G.text_cfg_17b(s.text_cfg))
         self.latent_channels = model_config.out_channels
         self.spatial = self.vae_config.spatial_factor
         self.motion_width = model_config.motion_dim
         self.dynamic_pe = model_config.motion_pe == "dynamic" and not self.isa
-        self.runs = SamplingRuns(denoise_17b(self.model, use_motion), SAMPLERS[s.sampler](s.steps),
-                                 guidance, dtype, config.long.blend, progress)
+        self.runs = SamplingRuns(denoise_17b(self.model, use_motion), sampler, guidance, dtype,
+                                 config.long.blend, progress)
 
     def _clip(self, image: np.ndarray) -> jax.Array:
         pixels = clip_preprocess(image[None], self.clip_config.image_size)
@@ -128,11 +122,7 @@ class WanAnimator:
             pinned = y[:, :count, ..., MASK_CHANNELS:]
         shape = y.shape[:-1] + (self.latent_channels,)
         args = (self.params, y, self.text, self.negative, image, tokens)
-        if motion_joints is not None or motion_mm is not None:
-            args += (motion_joints,)
-        if motion_mm is not None:
-            args += (jnp.asarray(motion_mm, jnp.float32),)
-        return self.runs(shape, key, args, pinned, label)
+        return self.runs(shape, key, args + motion_args(motion_joints, motion_mm), pinned, label)
 
     def decode(self, latents) -> np.ndarray:
         """`[1, F, h, w, z]` → `[frames, H, W, 3]` float32 in [−1, 1]."""

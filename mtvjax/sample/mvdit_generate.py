@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from mtvjax.sample import guidance as G
 from mtvjax.diffusion import samplers
+from mtvjax.models.mvdit import registry
 from mtvjax.sample.loop import make_sample_fn
 
 
@@ -81,6 +82,12 @@ def denoise_17b(model, motion_cfg: bool):
     return denoise
 
 
+def _released_sampler(family: str, num_steps: int):
+    """The sampler the family's recipe releases (`SamplerRecipe.default_sampler`)."""
+    recipe = registry.family(family).SAMPLER
+    return getattr(samplers, recipe.factory(recipe.default_sampler))(num_steps)
+
+
 def generate_7b(model, params, ref_latents, motion_tokens, key, num_steps: int = 50,
                 motion_cfg: float = 3.0, motion_joints=None, motion_mm=None):
     """Denoised `[B, F, H, W, 16]` latents for reference latents `[B, F, H, W, 16]` (the image
@@ -88,7 +95,7 @@ def generate_7b(model, params, ref_latents, motion_tokens, key, num_steps: int =
     (mm) for a `motion_pe="dynamic"` model; `motion_mm` `[B, T, 24, 3]` for an ISA model (whose
     motion tokens may be None)."""
     _check_isa(model, motion_mm)
-    sampler = samplers.cogvideox_dpm(num_steps)
+    sampler = _released_sampler("cogvideox", num_steps)
     run = make_sample_fn(denoise_7b(model), sampler, ref_latents.shape[:-1] + (model.out_channels,),
                          guidance=G.motion_cfg_7b(motion_cfg))
     return run(key, params, ref_latents, motion_tokens, *_extra_args(motion_joints, motion_mm))
@@ -108,7 +115,7 @@ def generate_17b(model, params, y, text, negative_text, image, motion_tokens, ke
                          "(model.uncond_motion=True); the released 17B has none")
     guidance = (G.text_motion_cfg_17b(text_cfg, motion_cfg) if use_motion_cfg
                 else G.text_cfg_17b(text_cfg))
-    sampler = samplers.flow_euler(num_steps)
+    sampler = _released_sampler("wan", num_steps)
     shape = y.shape[:-1] + (model.config.out_channels,)
     run = make_sample_fn(denoise_17b(model, use_motion_cfg), sampler, shape, guidance=guidance)
     return run(key, params, y, text, negative_text, image, motion_tokens,

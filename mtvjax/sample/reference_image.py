@@ -10,6 +10,7 @@ Images are uint8 RGB `[H, W, 3]`; `to_signed` maps them to [−1, 1] as the pipe
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,13 +19,18 @@ from mtvjax.data.buckets import nearest_bucket, scale_buckets
 
 
 def load_image(path) -> np.ndarray:
-    """uint8 RGB `[H, W, 3]`; a missing or unreadable file raises naming it."""
+    """uint8 RGB `[H, W, 3]`; a missing or unreadable file, or one over PIL's pixel limit
+    (`Image.MAX_IMAGE_PIXELS`, a decompression bomb), raises naming it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: reference image not found")
     try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), np.uint8)
+        with warnings.catch_warnings():  # a decompression bomb warns first: refuse it as well
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"), np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"{path}: refusing the reference image, too many pixels ({e})") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: cannot read the reference image ({e})") from e
 

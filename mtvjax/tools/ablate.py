@@ -45,7 +45,9 @@ from pathlib import Path
 
 import ml_collections
 
-from mtvjax.config import load_config
+from mtvjax.cli_runner import run_command
+from mtvjax.config import check_train_config, load_config
+from mtvjax.errors import UsageError
 from mtvjax.models.layers.param_tree import count_params
 
 FAMILIES = ("tokenizer", "mvdit")
@@ -54,7 +56,7 @@ SETTINGS_FILE = "settings.json"
 MANIFEST = "manifest.json"
 
 
-class UnknownConfigKey(KeyError):
+class UnknownConfigKey(UsageError, KeyError):
     def __str__(self) -> str:
         return self.args[0]
 
@@ -271,6 +273,7 @@ def config_param_count(config, family: str) -> int:
 
 
 def _train(config, family: str, run_dir: Path):
+    check_train_config(config)
     if family == "tokenizer":
         from mtvjax.train.fourdmot_trainer import train
     else:
@@ -309,15 +312,26 @@ def _fresh_run_dir(run_dir: Path, header: dict, overrides: dict, keep: bool) -> 
     _write_json(run_dir / SETTINGS_FILE, {**header, "all_overrides": overrides})
 
 
+def finished_row(config, row: dict, paths: dict, workdir: Path) -> dict | None:
+    """The row's earlier result when `reuse` is on and it finished with the same settings."""
+    previous = _read_json(workdir / "runs" / row["name"] / ROW_FILE)
+    fingerprint = _row_header(config, row, row_overrides(config, row, paths))["fingerprint"]
+    if (config.reuse and previous and previous.get("status") == "ok"
+            and previous.get("fingerprint") == fingerprint):
+        return previous
+    return None
+
+
 def run_row(config, row: dict, paths: dict, workdir: Path) -> dict:
-    """Trains and evaluates one row in `workdir/runs/NAME`; never raises for a failed run."""
+    """Trains and evaluates one row in `workdir/runs/NAME` (or returns its reusable earlier
+    result); never raises for a failed run."""
+    reusable = finished_row(config, row, paths, workdir)
+    if reusable:
+        return reusable
     run_dir = workdir / "runs" / row["name"]
     overrides = row_overrides(config, row, paths)
     result = _row_header(config, row, overrides)
     previous = _read_json(run_dir / ROW_FILE)
-    if (config.reuse and previous and previous.get("status") == "ok"
-            and previous.get("fingerprint") == result["fingerprint"]):
-        return previous
     _fresh_run_dir(run_dir, result, overrides,
                    keep=bool(config.reuse) and not (previous and previous.get("status") != "ok"))
     start = time.perf_counter()
@@ -458,7 +472,9 @@ def run_ablation(config, workdir: str | os.PathLike | None = None) -> dict:
         return {"rows": [], "table": "", "paths": paths}
     if not config.collect_only:
         for row in chosen:
-            print(f"[ablate] {row['name']}: training ({row['base']}, "
+            action = ("reusing its finished run" if finished_row(config, row, paths, workdir)
+                      else "training")
+            print(f"[ablate] {row['name']}: {action} ({row['base']}, "
                   f"{row.get('overrides') or 'base'})", flush=True)
             result = run_row(config, row, paths, workdir)
             loss = result.get("train_loss_tail")
@@ -472,7 +488,7 @@ def run_ablation(config, workdir: str | os.PathLike | None = None) -> dict:
 
 
 def main() -> None:
-    from absl import app, flags, logging
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "Ablation grid, e.g. configs/ablate.py:smoke.")
@@ -480,9 +496,8 @@ def main() -> None:
     flags.mark_flags_as_required(["config"])
 
     def run(argv):
-        logging.set_verbosity(logging.WARNING)
         if len(argv) > 1:
-            raise SystemExit(f"unexpected arguments: {argv[1:]}")
+            raise UsageError(f"unexpected arguments: {argv[1:]}")
         config = flags.FLAGS.config
         out = run_ablation(config, flags.FLAGS.workdir)
         if out["table"]:
@@ -493,7 +508,7 @@ def main() -> None:
             print("data: " + ", ".join(f"{k}={v}" for k, v in out["paths"].items()),
                   file=sys.stderr)
 
-    app.run(run)
+    run_command(run, sys.argv, "python -m mtvjax.tools.ablate", __doc__)
 
 
 if __name__ == "__main__":

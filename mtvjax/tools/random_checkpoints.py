@@ -113,12 +113,13 @@ def write_wan(out: str, window: int, seed: int, model_fields: dict,
     from mtvjax.models.mvdit.wan.convert import save_params
     from mtvjax.models.encoders import clip_vision
     from mtvjax.models.mvdit.wan import model as mvdit_wan
+    from mtvjax.models.mvdit.wan.config import wan_config
     from mtvjax.models.encoders import umt5
     from mtvjax.models.vae.wan import model as vae_wan
     latent_frames = 1 + (window - 1) // 4
-    config = mvdit_wan.wan_config("tiny17b", text_dim=TINY_TEXT_DIM, image_dim=TINY_IMAGE_DIM,
-                                  uncond_motion=True,
-                                  num_uncond_motion_tokens=latent_frames * 24, **model_fields)
+    config = wan_config("tiny17b", text_dim=TINY_TEXT_DIM, image_dim=TINY_IMAGE_DIM,
+                        uncond_motion=True, num_uncond_motion_tokens=latent_frames * 24,
+                        **model_fields)
     paths = {k: os.path.join(out, k) for k in ("mvdit", "tokenizer", "vae", "clip")}
     save_params(paths["mvdit"], random_like(mvdit_wan.param_shapes(config), seed), config,
                 "tiny17b", {"save_dtype": "float32", "random": True})

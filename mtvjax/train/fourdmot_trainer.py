@@ -107,7 +107,7 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
         print(f"skipping bad clip: {error}", file=sys.stderr)
     data_iter = make_iterator(trainer.batches(source, d.shuffle_seed, augment=True),
                               d.num_threads, d.prefetch)
-    state = loop.restore_or_init(checkpointer, latest, workdir, trainer.abstract_state,
+    state = loop.restore_or_init(config, checkpointer, latest, workdir, trainer.abstract_state,
                                  lambda: trainer.init_state(normalization_stats(config, source)),
                                  data_iter)
     window_histogram = [0]        # code usage summed since the last log line

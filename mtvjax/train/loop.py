@@ -5,13 +5,16 @@ devices, run one step, turn the last step's metrics into a log line, evaluate at
 does the rest the same way for every model:
 
 * **resume.** `open_checkpointer` refuses a workdir that holds checkpoints unless
-  `config.resume`; `restore_or_init` continues from the latest complete checkpoint (state and data
-  iterator), so the loss sequence is the one an uninterrupted run gives.
+  `config.resume`; `restore_or_init` checks the config against the checkpoint's
+  (`resume_guard`) and continues from the newest intact checkpoint (state and data iterator; a
+  broken newer step is set aside with a warning), so the loss sequence is the one an
+  uninterrupted run gives.
 * **checkpoints.** Every `train.checkpoint_every` steps, at `train.num_steps`, after
   `train.stop_after_steps` steps of this run, and on SIGTERM (preemption), after which the process
   exits with status 143.
 * **metrics.** Every `train.log_every` steps and at the last step, with the wall time per step of
-  the window since the previous log line; the final evaluation is written with prefix `eval`.
+  the window since the previous log line; the final evaluation is written with prefix `eval`. A
+  resumed run first drops the rows logged after its checkpoint, so each step is logged once.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from tqdm import tqdm
 
 from mtvjax.checkpoint.manager import Checkpointer, config_to_json
 from mtvjax.train.metric_writer import MetricWriter
+from mtvjax.train.resume_guard import check_resume
 
 PREEMPTED_EXIT_STATUS = 143
 
@@ -72,13 +76,16 @@ def open_checkpointer(config, workdir: str) -> tuple[Checkpointer, int | None]:
     return checkpointer, latest
 
 
-def restore_or_init(checkpointer: Checkpointer, latest: int | None, workdir: str,
+def restore_or_init(config, checkpointer: Checkpointer, latest: int | None, workdir: str,
                     abstract_state: Callable[[], Any], init_state: Callable[[], Any], data_iter):
-    """The state of the latest checkpoint (restoring `data_iter` with it), else a fresh one."""
+    """The state of the newest intact checkpoint (restoring `data_iter` with it) once `config`
+    passes `check_resume`, else a fresh one."""
     if latest is None:
+        print(f"{workdir}: initialising a fresh state", flush=True)
         return init_state()
-    state = checkpointer.restore(latest, abstract_state(), data_iter)
-    print(f"resumed from {workdir} at step {latest}", flush=True)
+    check_resume(config, checkpointer, workdir)
+    state, step = checkpointer.restore_latest(abstract_state(), data_iter)
+    print(f"resumed from {workdir} at step {step}", flush=True)
     return state
 
 
@@ -87,18 +94,26 @@ def run(config, workdir: str, checkpointer: Checkpointer, state, data_iter,
     """Trains from `state.step` to `train.num_steps`; returns the final state and evaluation
     ({} when the run stopped early after `stop_after_steps`; SIGTERM exits the process)."""
     t = config.train
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    start = int(state.step)
+    writer = MetricWriter(workdir, start, enabled=jax.process_index() == 0)
     config_json = config_to_json(config)
     preemption = Preemption()
-    start = int(state.step)
     window_start, window_steps = time.perf_counter(), 0
     progress = tqdm(total=t.num_steps, initial=start, disable=not sys.stdout.isatty(), unit="step")
+    if start < t.num_steps:
+        print(f"training steps {start}..{t.num_steps}: compiling the train step first (the first "
+              f"step takes longest), then a log line every {t.log_every} steps", flush=True)
+    began = time.perf_counter()
     for step in range(start, t.num_steps):
         batch = hooks.device_batch(next(data_iter))
         if step == start and hooks.warm_up is not None:
             hooks.warm_up(state, batch)
             window_start = time.perf_counter()
         state, metrics = hooks.train_step(state, batch, step)
+        if step == start:
+            jax.block_until_ready(metrics)
+            print(f"first step done after {time.perf_counter() - began:.1f} s "
+                  "(compilation included)", flush=True)
         window_steps += 1
         progress.update(1)
         done = step + 1

@@ -273,7 +273,7 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
                                                         if kept else ""), flush=True)
         return state
 
-    state = loop.restore_or_init(checkpointer, latest, workdir, trainer.abstract_state,
+    state = loop.restore_or_init(config, checkpointer, latest, workdir, trainer.abstract_state,
                                  init_state, data_iter)
 
     peak = float(t.peak_flops_per_device) or matmul_peak_flops()

@@ -16,22 +16,23 @@ layer axis). Input: normalised images, channels last `[B, H, W, 3]` (see
 
 Presets: `clip-vit-h-14` (Wan's 31-block tower: 611,086,080 parameters; the full 32 blocks are
 630,763,520) and `tiny`. Conversion from transformers, Wan's `.pth` and open_clip layouts:
-`mtvjax.models.encoders.convert.convert_clip_vision`.
+`mtvjax.models.encoders.convert_clip_vision`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping
+from typing import ClassVar, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtvjax.models.layers.config_fields import checked_config, config_from_variant
-from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, check_precision_field
+from mtvjax.models.encoders.encoder_config import EncoderConfig
+from mtvjax.models.layers.config_fields import config_from_variant
+from mtvjax.models.layers.dtypes import DTYPES
 from mtvjax.models.layers.norms import LayerNorm
-from mtvjax.models.layers.param_tree import abstract_params, init_module_params
+from mtvjax.models.layers.param_tree import jitted_apply, param_functions
 from mtvjax.models.layers.param_tree import count_params  # noqa: F401 (part of this module's API)
 
 FAMILY = "clip_vision"
@@ -42,8 +43,12 @@ ACTIVATIONS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPVisionConfig:
+class CLIPVisionConfig(EncoderConfig):
     """Fields of the vision tower (defaults = Wan-2.1-I2V's ViT-H/14, penultimate block)."""
+
+    FAMILY: ClassVar[str] = FAMILY
+    LABEL: ClassVar[str] = "CLIP vision"
+    ACTIVATIONS: ClassVar[dict] = ACTIVATIONS
 
     image_size: int = 224
     patch_size: int = 14
@@ -55,16 +60,9 @@ class CLIPVisionConfig:
     output_layer: int = 31          # hidden state returned (0 = embeddings, k = after block k)
     activation: str = "gelu"
     eps: float = 1e-5
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    precision: str | None = None
-    scan_unroll: int = 1
 
     def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}")
-        check_dtype_fields(self)
-        check_precision_field(self)
+        super().__post_init__()
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} is not a multiple of num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
@@ -81,17 +79,10 @@ class CLIPVisionConfig:
     def head_dim(self) -> int:
         return self.width // self.num_heads
 
-    def to_fields(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_fields(cls, fields) -> "CLIPVisionConfig":
-        return checked_config(cls, fields, FAMILY, "CLIP vision")
-
 
 def clip_vision_presets() -> dict[str, dict]:
     """``clip-vit-h-14`` (Wan-2.1-I2V: ViT-H/14, output after block 31 of 32) and ``tiny``."""
-    vit_h = {"family": FAMILY, **CLIPVisionConfig().to_fields()}
+    vit_h = CLIPVisionConfig.default_fields()
     tiny = dict(vit_h, image_size=28, patch_size=7, width=32, num_heads=4, mlp_dim=64,
                 num_layers=3, output_layer=2)
     return {"clip-vit-h-14": vit_h, "tiny": tiny}
@@ -197,23 +188,11 @@ def dummy_inputs(config: CLIPVisionConfig, batch: int = 1) -> tuple:
                       jnp.float32),)
 
 
-def param_shapes(config="clip-vit-h-14") -> dict:
-    """`params` as ShapeDtypeStructs (no allocation; cached per config)."""
-    return abstract_params(CLIPVisionTower, clip_vision_config(config), dummy_inputs)
-
-
-def init_params(config, rng) -> dict:
-    """Freshly initialised params (random; not a trained tower)."""
-    return init_module_params(CLIPVisionTower, clip_vision_config(config), dummy_inputs, rng)
-
-
-@functools.lru_cache(maxsize=16)
-def _encode_fn(config: CLIPVisionConfig):
-    model = CLIPVisionTower(config)
-    return jax.jit(lambda params, images: model.apply({"params": params}, images))
+param_shapes, init_params = param_functions(CLIPVisionTower, clip_vision_config, dummy_inputs,
+                                            "clip-vit-h-14")
 
 
 def encode_images(params, images, config="clip-vit-h-14"):
     """`[B, 257, 1280]` CLIP features (the DiT's `image_emb`) of preprocessed images
     `[B, 224, 224, 3]` (`image_preprocess.clip_preprocess`)."""
-    return _encode_fn(clip_vision_config(config))(params, jnp.asarray(images))
+    return jitted_apply(CLIPVisionTower, clip_vision_config(config))(params, jnp.asarray(images))

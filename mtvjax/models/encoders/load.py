@@ -1,6 +1,6 @@
-"""Loading converted encoder checkpoints (written by `mtvjax.models.encoders.convert`): the umT5
-and CLIP vision params, and a ready `umt5.TextEncoder`. Kept apart from the model modules so that
-they never import their converter."""
+"""Loading converted encoder checkpoints (written by `mtvjax.models.encoders.convert_umt5` and
+`convert_clip_vision`): the umT5 and CLIP vision params, and a ready `umt5.TextEncoder`. Kept
+apart from the model modules so that they never import their converters."""
 from __future__ import annotations
 
 import dataclasses

@@ -25,7 +25,7 @@ stable `encoder_id` (the key of `data_pipeline.text_cache`).
 
 Presets: `umt5-xxl` (vocab 256,384, dim 4096, 64 heads × 64, FFN 10,240, 24 layers, 32 buckets,
 max distance 128: 5,680,910,336 parameters) and `tiny`. Conversion from transformers or the
-original Wan `models_t5_umt5-xxl-enc-bf16.pth`: `mtvjax.models.encoders.convert.convert_umt5`.
+original Wan `models_t5_umt5-xxl-enc-bf16.pth`: `mtvjax.models.encoders.convert_umt5`.
 """
 from __future__ import annotations
 
@@ -34,17 +34,18 @@ import functools
 import hashlib
 import json
 import math
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtvjax.models.layers.config_fields import checked_config, config_from_variant
-from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, check_precision_field
+from mtvjax.models.encoders.encoder_config import EncoderConfig
+from mtvjax.models.layers.config_fields import config_from_variant
+from mtvjax.models.layers.dtypes import DTYPES
 from mtvjax.models.layers.norms import RMSNorm
-from mtvjax.models.layers.param_tree import abstract_params, init_module_params
+from mtvjax.models.layers.param_tree import param_functions
 from mtvjax.models.layers.param_tree import count_params  # noqa: F401 (part of this module's API)
 
 FAMILY = "umt5"
@@ -59,8 +60,12 @@ ACTIVATIONS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class UMT5Config:
+class UMT5Config(EncoderConfig):
     """Fields of the umT5 encoder (defaults = umt5-xxl as Wan-2.1 uses it)."""
+
+    FAMILY: ClassVar[str] = FAMILY
+    LABEL: ClassVar[str] = "umT5"
+    ACTIVATIONS: ClassVar[dict] = ACTIVATIONS
 
     vocab_size: int = 256384
     dim: int = 4096
@@ -74,16 +79,9 @@ class UMT5Config:
     activation: str = "gelu_new"
     gated: bool = True
     text_len: int = 512                 # tokenizer padding / truncation length
-    dtype: str = "float32"              # compute dtype
-    param_dtype: str = "float32"
-    precision: str | None = None        # matmul precision ("highest": strict f32 on GPU)
-    scan_unroll: int = 1
 
     def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; known: {sorted(ACTIVATIONS)}")
-        check_dtype_fields(self)
-        check_precision_field(self)
+        super().__post_init__()
         if min(self.vocab_size, self.dim, self.num_heads, self.head_dim, self.ffn_dim,
                self.num_layers, self.text_len) < 1:
             raise ValueError("sizes must be positive")
@@ -96,17 +94,10 @@ class UMT5Config:
     def inner_dim(self) -> int:
         return self.num_heads * self.head_dim
 
-    def to_fields(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_fields(cls, fields) -> "UMT5Config":
-        return checked_config(cls, fields, FAMILY, "umT5")
-
 
 def umt5_presets() -> dict[str, dict]:
     """``umt5-xxl`` (Wan-2.1's text encoder; 5,680,910,336 parameters) and ``tiny``."""
-    xxl = {"family": FAMILY, **UMT5Config().to_fields()}
+    xxl = UMT5Config.default_fields()
     tiny = dict(xxl, vocab_size=128, dim=32, num_heads=4, head_dim=8, ffn_dim=48, num_layers=2,
                 num_buckets=8, max_distance=16, text_len=16)
     return {"umt5-xxl": xxl, "tiny": tiny}
@@ -252,14 +243,7 @@ def dummy_inputs(config: UMT5Config, batch: int = 1) -> tuple:
     return jnp.zeros((batch, 2), jnp.int32), jnp.ones((batch, 2), jnp.int32)
 
 
-def param_shapes(config="umt5-xxl") -> dict:
-    """`params` as ShapeDtypeStructs (no allocation; cached per config)."""
-    return abstract_params(UMT5Encoder, umt5_config(config), dummy_inputs)
-
-
-def init_params(config, rng) -> dict:
-    """Freshly initialised params (random; not a trained encoder)."""
-    return init_module_params(UMT5Encoder, umt5_config(config), dummy_inputs, rng)
+param_shapes, init_params = param_functions(UMT5Encoder, umt5_config, dummy_inputs, "umt5-xxl")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,56 +68,38 @@ def decoded_frames(latents: int, latent_window: int, stages: int = 2) -> int:
     return upsampled(latent_window + r) + (n - 1) * upsampled(latent_window)
 
 
-class Encoder(nn.Module):
-    """conv_in → per stage: [width-changing ResBlock] + ResBlocks + (pool ×2, joint conv) → conv_out."""
-
-    channels: Sequence[int]
-    num_res_blocks: int
-    code_dim: int
-    num_groups: int
-    joint_kernel: int
-    dilation_reference: int
-    conv_impl: str
-
-    @nn.compact
-    def __call__(self, x):
-        x = WindowConv(self.channels[0], (3, 3), impl=self.conv_impl, name="conv_in")(x)
-        for s, width in enumerate(self.channels):
-            if x.shape[-1] != width:
-                x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
-                             name=f"stage{s}_transition")(x)
-            for i in range(self.num_res_blocks):
-                x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
-                             name=f"stage{s}_block{i}")(x)
-            x = temporal_avg_pool2(x)
-            x = JointConv(width, self.joint_kernel, self.conv_impl, name=f"stage{s}_down")(x)
-        return WindowConv(self.code_dim, (3, 3), impl=self.conv_impl, name="conv_out")(x)
+_RESAMPLE = {"down": temporal_avg_pool2, "up": temporal_upsample2}
 
 
-class Decoder(nn.Module):
-    """conv_in → per stage (widths reversed): [transition] + ResBlocks + (upsample ×2, joint conv) → conv_out."""
+class ConvStack(nn.Module):
+    """conv_in → per stage: [transition ResBlock] + ResBlocks + (resample ×2, joint conv) → conv_out.
 
-    channels: Sequence[int]
+    The encoder runs over `channels` and pools time (`resample="down"`); the decoder runs over
+    them reversed and upsamples (`"up"`). Stage `s`'s joint conv is named `stage{s}_{resample}`.
+    """
+
+    widths: Sequence[int]
     num_res_blocks: int
     out_features: int
     num_groups: int
     joint_kernel: int
     dilation_reference: int
     conv_impl: str
+    resample: str
 
     @nn.compact
     def __call__(self, x):
-        widths = list(reversed(self.channels))
-        x = WindowConv(widths[0], (3, 3), impl=self.conv_impl, name="conv_in")(x)
-        for s, width in enumerate(widths):
+        x = WindowConv(self.widths[0], (3, 3), impl=self.conv_impl, name="conv_in")(x)
+        for s, width in enumerate(self.widths):
             if x.shape[-1] != width:
                 x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
                              name=f"stage{s}_transition")(x)
             for i in range(self.num_res_blocks):
                 x = ResBlock(width, self.num_groups, self.dilation_reference, self.conv_impl,
                              name=f"stage{s}_block{i}")(x)
-            x = temporal_upsample2(x)
-            x = JointConv(width, self.joint_kernel, self.conv_impl, name=f"stage{s}_up")(x)
+            x = _RESAMPLE[self.resample](x)
+            x = JointConv(width, self.joint_kernel, self.conv_impl,
+                          name=f"stage{s}_{self.resample}")(x)
         return WindowConv(self.out_features, (3, 3), impl=self.conv_impl, name="conv_out")(x)
 
 
@@ -140,11 +122,13 @@ class FourDMoT(nn.Module):
         return self.window_frames // 2 ** len(self.channels)
 
     def setup(self):
-        common = dict(channels=tuple(self.channels), num_res_blocks=self.num_res_blocks,
-                      num_groups=self.num_groups, joint_kernel=self.joint_kernel,
-                      dilation_reference=self.dilation_reference, conv_impl=self.conv_impl)
-        self.encoder = Encoder(code_dim=self.code_dim, **common)
-        self.decoder = Decoder(out_features=self.coord_dim, **common)
+        common = dict(num_res_blocks=self.num_res_blocks, num_groups=self.num_groups,
+                      joint_kernel=self.joint_kernel, dilation_reference=self.dilation_reference,
+                      conv_impl=self.conv_impl)
+        self.encoder = ConvStack(tuple(self.channels), out_features=self.code_dim,
+                                 resample="down", **common)
+        self.decoder = ConvStack(tuple(reversed(self.channels)), out_features=self.coord_dim,
+                                 resample="up", **common)
         self.codebook = vq.Codebook(self.codebook_size, self.code_dim)
 
     def encode(self, motion: jnp.ndarray) -> jnp.ndarray:

@@ -67,15 +67,25 @@ def resolve_precision(precision):
     return names[precision]
 
 
-class Linear(nn.Module):
+class ComputeModule(nn.Module, kw_only=True):
+    """Base of the MV-DiT modules built from `Linear`s: keyword-only compute `dtype` (None: the
+    input's), `param_dtype` and matmul `precision`, handed on to submodules as `**self.kw`."""
+
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    @property
+    def kw(self) -> dict:
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+
+
+class Linear(ComputeModule):
     """y = x·W + b with W `[in, out]` (the transpose of torch's `[out, in]` weight)."""
 
     features: int
     kernel_axes: Axes = ("embed", "mlp")
     use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros
 
@@ -111,31 +121,24 @@ def timestep_sinusoid(timesteps, dim: int, flip_sin_to_cos: bool = True, freq_sh
     return emb
 
 
-class TimestepEmbedding(nn.Module):
+class TimestepEmbedding(ComputeModule):
     """`linear_2(SiLU(linear_1(t_emb)))`, no activation after linear_2 (7B §3.1)."""
 
     features: int
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        x = Linear(self.features, ("embed", "time_embed"), name="linear_1", **kw)(x)
+        x = Linear(self.features, ("embed", "time_embed"), name="linear_1", **self.kw)(x)
         return Linear(self.features, ("time_embed", "time_embed"), name="linear_2",
-                      **kw)(nn.silu(x))
+                      **self.kw)(nn.silu(x))
 
 
-class ModulationLinear(nn.Module):
+class ModulationLinear(ComputeModule):
     """The modulation Linear `[E, num_chunks·D]` of which only the first `used` rows are computed
     (CogVideoX's LayerNormZero has dead text-stream rows, 7B §3.3.1)."""
 
     features: int
     used: int
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, emb_act):
@@ -150,7 +153,7 @@ class ModulationLinear(nn.Module):
         return m + bias[:self.used].astype(dtype)
 
 
-class AdaLNModulation(nn.Module):
+class AdaLNModulation(ComputeModule):
     """LayerNorm, then `·(1 + scale) + shift` from `linear(SiLU(emb))` (submodules `linear`,
     `norm`).
 
@@ -165,18 +168,14 @@ class AdaLNModulation(nn.Module):
     num_chunks: int
     order: tuple[str, ...] = ("shift", "scale", "gate")
     epsilon: float = 1e-5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x, emb_act):
         width = x.shape[-1]
         if len(self.order) > self.num_chunks:
             raise ValueError(f"{len(self.order)} chunks used of {self.num_chunks}")
-        m = ModulationLinear(self.num_chunks * width, len(self.order) * width, dtype=self.dtype,
-                             param_dtype=self.param_dtype, precision=self.precision,
-                             name="linear")(emb_act)
+        m = ModulationLinear(self.num_chunks * width, len(self.order) * width, name="linear",
+                             **self.kw)(emb_act)
         chunks = dict(zip(self.order, jnp.split(m[:, None, :], len(self.order), axis=-1)))
         h = LayerNorm(self.epsilon, logical_axes=("embed",), param_dtype=self.param_dtype,
                       name="norm")(x)
@@ -184,26 +183,22 @@ class AdaLNModulation(nn.Module):
         return h, chunks
 
 
-class FeedForward(nn.Module):
+class FeedForward(ComputeModule):
     """diffusers FeedForward "gelu-approximate": `net_0` (D → inner), tanh-GELU, `net_2`
     (optionally zero-initialised)."""
 
     inner_features: int
     out_zero_init: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        h = Linear(self.inner_features, ("embed", "mlp"), name="net_0", **kw)(x)
+        h = Linear(self.inner_features, ("embed", "mlp"), name="net_0", **self.kw)(x)
         h = jax.nn.gelu(h, approximate=True)
         return Linear(x.shape[-1], ("mlp", "embed"), kernel_init=output_init(self.out_zero_init),
-                      name="net_2", **kw)(h)
+                      name="net_2", **self.kw)(h)
 
 
-class MVAttention(nn.Module):
+class MVAttention(ComputeModule):
     """Attention with biased `to_q`/`to_k`/`to_v`/`to_out` and optional per-head affine
     LayerNorms `norm_q`/`norm_k` (and `norm_v`), over head_dim, one weight shared by all heads.
 
@@ -222,9 +217,6 @@ class MVAttention(nn.Module):
     rope_layout: str = INTERLEAVED
     implementation: str | None = None
     out_zero_init: bool = False
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x, context=None, *, q_rope: RopeTable | None = None,
@@ -232,7 +224,7 @@ class MVAttention(nn.Module):
         """`mask` (bool, True = attend) is broadcastable to `[B, heads, T, S]`."""
         context = x if context is None else context
         inner = self.num_heads * self.head_dim
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        kw = self.kw
         q = Linear(inner, ("embed", "heads"), name="to_q", **kw)(x)
         k = Linear(inner, ("embed", "heads"), name="to_k", **kw)(context)
         v = Linear(inner, ("embed", "heads"), name="to_v", **kw)(context)

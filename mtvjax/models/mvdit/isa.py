@@ -62,7 +62,7 @@ other MV-DiT blocks.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -74,7 +74,8 @@ from mtvjax.data.skeleton import BONES, NUM_JOINTS
 from mtvjax.models.mvdit.camera import (DEFAULT_FOV_DEGREES, Camera, align_leading, plucker_rays,
                                   project_to_ndc, video_token_ndc)
 from mtvjax.models.layers.norms import LayerNorm
-from mtvjax.models.mvdit.blocks import FeedForward, Linear, MVAttention, logical, output_init
+from mtvjax.models.mvdit.blocks import (ComputeModule, FeedForward, Linear, MVAttention, logical,
+                                        output_init)
 
 TEMPORAL_COMPRESSION = 4
 FRAME_RULES = ("group", "last")
@@ -189,7 +190,7 @@ def ndc_encoding(coords, width: int, max_frequency: float = 64.0):
 # ----------------------------------------------------------------------------------------------
 
 
-class PointEmbed(nn.Module):
+class PointEmbed(ComputeModule):
     """3-D points `[..., P, 3]` (mm) → tokens `[..., P, width]`: Linear → GELU → Linear over
     Fourier features of the coordinates in metres, plus a learned per-index embedding."""
 
@@ -197,9 +198,6 @@ class PointEmbed(nn.Module):
     num_frequencies: int = 6
     hidden: int = 256
     index_embedding: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @classmethod
     def from_config(cls, cfg, width: int, **kwargs) -> "PointEmbed":
@@ -207,7 +205,7 @@ class PointEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, points_mm):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        kw = self.kw
         h = fourier_features(jnp.asarray(points_mm, jnp.float32) / 1000.0, self.num_frequencies)
         h = Linear(self.hidden, (None, "mlp"), name="fc1", **kw)(h)
         h = Linear(self.width, ("mlp", "embed"), name="fc2", **kw)(jax.nn.gelu(h))
@@ -219,24 +217,20 @@ class PointEmbed(nn.Module):
         return h
 
 
-class PluckerEmbedding(nn.Module):
+class PluckerEmbedding(ComputeModule):
     """Plücker rays `[..., h·w, 6]` (`camera.plucker_rays`) → `[..., h·w, width]` by one Linear,
     zero-initialised by default (adding it leaves a pretrained model unchanged)."""
 
     width: int
     zero_init: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, rays):
         return Linear(self.width, (None, "embed"), kernel_init=output_init(self.zero_init),
-                      name="proj", dtype=self.dtype, param_dtype=self.param_dtype,
-                      precision=self.precision)(rays)
+                      name="proj", **self.kw)(rays)
 
 
-class ISABlock(nn.Module):
+class ISABlock(ComputeModule):
     """The symmetric interspatial-attention block (module docstring for inputs and order).
 
     Attributes:
@@ -262,9 +256,6 @@ class ISABlock(nn.Module):
     zero_init: bool = True
     norm_eps: float = 1e-6
     attention_implementation: str | None = None
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, video_tokens, grid: Sequence[int], points3d, camera: Camera | None = None,
@@ -279,7 +270,7 @@ class ISABlock(nn.Module):
             raise ValueError(f"points3d must be [{batch}, {frames}, P, 3], got {points3d.shape}")
         num_points = points3d.shape[2]
         dtype = self.dtype or video_tokens.dtype
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        kw = self.kw
         camera = Camera.default((grid_h, grid_w), self.fov_degrees) if camera is None else camera
 
         if point_tokens is None:

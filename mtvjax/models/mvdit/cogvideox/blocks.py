@@ -16,8 +16,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mtvjax.models.mvdit import isa_conditioning as ISA
-from mtvjax.models.mvdit.blocks import (AdaLNModulation, FeedForward, Linear, MVAttention,
-                                        logical, torch_linear_init)
+from mtvjax.models.mvdit.blocks import (AdaLNModulation, ComputeModule, FeedForward, Linear,
+                                        MVAttention, logical, torch_linear_init)
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
@@ -103,7 +104,7 @@ class CogVideoXMVBlockGroup(nn.Module):
         return (x if self.isa is None else (x, point_tokens)), None
 
 
-class PatchEmbed(nn.Module):
+class PatchEmbed(ComputeModule):
     """p×p patches of every frame → D (`proj`, kernel `[C·p·p, D]`, rows in (c, dy, dx) order,
     = torch's Conv2d weight `[D, C, p, p]` reshaped to `[D, C·p·p]` and transposed). `text_proj`
     is created for checkpoint compatibility only and never applied (7B §2, §3.2)."""
@@ -111,9 +112,6 @@ class PatchEmbed(nn.Module):
     features: int
     patch_size: int
     text_embed_dim: int = 0
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x):
@@ -124,11 +122,10 @@ class PatchEmbed(nn.Module):
         h, w = hh // p, ww // p
         patches = x.reshape(b, f, h, p, w, p, c).transpose(0, 1, 2, 4, 6, 3, 5)
         patches = patches.reshape(b, f * h * w, c * p * p)
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         if self.text_embed_dim:
             UnusedLinear(self.text_embed_dim, self.features, ("text_embed", "embed"),
                          self.param_dtype, name="text_proj")()
-        return Linear(self.features, ("patch", "embed"), name="proj", **kw)(patches)
+        return Linear(self.features, ("patch", "embed"), name="proj", **self.kw)(patches)
 
 
 class UnusedLinear(nn.Module):

@@ -3,13 +3,18 @@
 Both families (`cogvideox`, `wan`) expose the same names; code outside the family folders
 reaches a family only through `mtvjax.models.mvdit.registry.family(name)`:
 
-* `NAME`, `TRAINING_TARGET` (the `schedule.kind` it trains with), `HAS_TEXT`, `HAS_IMAGE`
-  (a CLIP image condition), `ANIMATOR` ("module:class" of its `mtvjax.sample` pipeline, named
-  as a string so the model layer never imports the sample layer), `ATTENTION_FIELD` (the
-  `config.model` field that names the attention implementation).
+* `NAME`, `TRAINING_TARGET` (the `schedule.kind` it trains with, also the prediction type it
+  samples with), `TRAINING_SCHEDULE` (the default `config.schedule` section),
+  `DEFAULT_TRAINABLE` (the default `optim.trainable`), `SAMPLER` (its sampling recipe, a
+  `registry.SamplerRecipe`), `HAS_TEXT`, `HAS_IMAGE` (a CLIP image condition), `ANIMATOR`
+  ("module:class" of its `mtvjax.sample` pipeline, named as a string so the model layer never
+  imports the sample layer), `ATTENTION_FIELD` (the `config.model` field that names the
+  attention implementation).
+* `model_presets()` — {variant: `config.model` fields} of the family's variants.
 * `build_model(config, dtype)` — the model of a project config in compute `dtype` (a name).
 * `init_variables(model, rng)` — boxed (logically partitioned) `params` of a fresh model.
 * `abstract_params(config)` / `param_counts(config)` — shapes and counts, nothing allocated.
+* `logical_axes(config)` — the `params` tree of logical-axis PartitionSpecs.
 * `motion_width(model_config)` — width of the motion tokens the model takes.
 * `trainable(path)` — the released recipe's trainable parameters (`optim.trainable="motion"`).
 * `check_motion_drop(config)` — refuses motion dropout the model cannot represent.
@@ -29,9 +34,18 @@ from flax import traverse_util
 from mtvjax.models.layers.dtypes import DTYPES
 from mtvjax.models.mvdit import isa_conditioning as ISA
 from mtvjax.models.mvdit.cogvideox import model as mv
+from mtvjax.models.mvdit.cogvideox.config import cogvideox_presets as model_presets
+from mtvjax.models.mvdit.registry import SamplerRecipe
 
 NAME = "cogvideox"
 TRAINING_TARGET = "v_prediction"
+# CogVideoX-5B: scaled-linear betas, zero-terminal SNR
+TRAINING_SCHEDULE = dict(kind=TRAINING_TARGET, num_train_timesteps=1000, beta_start=0.00085,
+                         beta_end=0.012, snr_shift_scale=1.0, rescale_betas_zero_snr=True)
+DEFAULT_TRAINABLE = "all"
+# the released 7B run: DPM-Solver++(2M) SDE, 50 steps, motion CFG 3.0 (docs/reference/mvdit7b.md §6)
+SAMPLER = SamplerRecipe(samplers=(("dpm", "cogvideox_dpm"), ("ddim", "cogvideox_ddim")),
+                        guidance="motion", steps=50, motion_cfg=3.0, text_cfg=1.0)
 HAS_TEXT = False
 ANIMATOR = "mtvjax.sample.animator_cogvideox:CogVideoXAnimator"   # the sample pipeline, by name
 HAS_IMAGE = False
@@ -49,6 +63,10 @@ def init_variables(model: mv.MVDiTCogVideoX, rng) -> dict:
 def abstract_params(config) -> dict:
     """Unboxed `params` ShapeDtypeStructs of a project config's model."""
     return mv.abstract_params(mv.from_config(config))
+
+
+def logical_axes(config) -> dict:
+    return mv.logical_axes(mv.from_config(config))
 
 
 def param_counts(config) -> dict:

@@ -10,25 +10,33 @@ inert (`flax.linen.unbox` strips them). Names used here (`LOGICAL_AXES`):
 * ``mlp``     hidden width of the FFN and of the time/text embedding MLPs, and the 6·D modulation
   output of `time_projection`;
 * ``layers`` / ``sublayers``  the scan axes (groups of blocks / plain blocks inside a group),
-  added by `nn.scan(metadata_params=...)` in `mvdit_wan`;
+  added by `nn.scan(metadata_params=...)` in `scanned`;
 * None    small input-feature axes (patch vector, sinusoid, CLIP width, text width, head output)
   that are never worth sharding.
 
 Attention kernels mirror the released projections (Linear with bias, stored torch-style [out, in]);
 the converter reshapes `[n·d, D]` to `[D, n, d]`, channel = head·d + i (17B §2.3 "Merge the heads").
 Norms compute in float32 and cast back, as the released WanLayerNorm / WanRMSNorm do (§4 dtypes).
+
+The transformer block `WanBlock` (§4.6) and `WanBlockGroup` ([motion block, plain blocks], the
+plain ones scanned) take a `BlockContext` of per-forward inputs; `scanned` / `block_class` wrap
+them in `nn.scan` / `nn.remat` (layout: `mtvjax.models.mvdit.wan.model`); `WanImageEmbedding` is
+the CLIP-image MLPProj.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mtvjax.models.layers.attention import dot_product_attention
+from mtvjax.models.layers.dtypes import remat_policy
 from mtvjax.models.layers.norms import LayerNorm, RMSNorm, layer_norm_f32
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
+from mtvjax.models.mvdit import isa_conditioning as ISA
+from mtvjax.models.mvdit.wan.config import WanDiTConfig
 
 LOGICAL_AXES = ("embed", "heads", "kv", "mlp", "layers", "sublayers")
 
@@ -208,3 +216,125 @@ class WanHead(nn.Module):
         h = (layer_norm_f32(x, self.epsilon) * (1 + scale) + shift).astype(self.dtype)
         return dense(self.out_features, "head", ("embed", None), dtype=self.dtype,
                      param_dtype=self.param_dtype, precision=self.precision)(h)
+
+
+class BlockContext(NamedTuple):
+    """Per-forward inputs shared by all blocks (broadcast through the scans)."""
+
+    e0: jax.Array                 # [B, 6, D] float32
+    text: jax.Array               # [B, text_len, D]
+    image: jax.Array | None       # [B, 257, D]
+    motion: jax.Array | None      # [B, M, D] padded motion tokens, or None (skip motion attn)
+    vision_rope: RopeTable        # [S, d/2]
+    motion_rope: RopeTable | None  # [M, d/2] or [B, M, d/2] keys; None: not rotated
+    motion_q_rope: RopeTable | None = None  # [S, d/2] motion-attention queries; None: unrotated
+    isa: ISA.ISAInputs | None = None  # points / camera / mask of the ISA conditioning
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------
+
+
+class WanBlock(nn.Module):
+    """One WanAttentionBlock (§4.6). `__call__(x, ctx) -> (x, None)` so it scans directly."""
+
+    config: WanDiTConfig
+    motion: bool = False
+    grid: tuple | None = None          # (F, h, w) token grid, for ISA
+
+    @nn.compact
+    def __call__(self, x, ctx: BlockContext):
+        cfg = self.config
+        point_tokens = None
+        if isinstance(x, tuple):           # ISA: the carry holds the point tokens
+            x, point_tokens = x
+        dtype, pdt, f32 = cfg.compute_dtype, cfg.params_dtype, jnp.float32
+        width = x.shape[-1]
+        attn_kw = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, epsilon=cfg.eps,
+                       implementation=cfg.attention, dtype=dtype, param_dtype=pdt,
+                       precision=cfg.precision)
+        modulation = self.param("modulation", partitioned(nn.initializers.normal(width ** -0.5),
+                                                          (None, "embed")), (6, width), pdt)
+        m = modulation.astype(f32)[None] + ctx.e0.astype(f32)
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
+            m[:, j, None, :] for j in range(6))
+
+        # 1. self-attention, modulated, gated
+        h = (layer_norm_f32(x, cfg.eps) * (1 + scale_sa) + shift_sa).astype(dtype)
+        y = WanSelfAttention(**attn_kw, name="self_attn")(h, ctx.vision_rope)
+        x = (x.astype(f32) + y.astype(f32) * gate_sa).astype(dtype)
+
+        # 2. text + image cross-attention (affine norm3, no gate)
+        h = LayerNorm(cfg.eps, logical_axes=("embed",), param_dtype=pdt, name="norm3")(x)
+        x = x + WanI2VCrossAttention(**attn_kw, name="cross_attn")(h, ctx.text,
+                                                                   ctx.image).astype(dtype)
+
+        # 3. motion attention (affine norm4, no gate, no modulation; §2.3)
+        if self.motion and ctx.motion is not None:
+            h = LayerNorm(cfg.eps, logical_axes=("embed",), param_dtype=pdt, name="norm4")(x)
+            y = WanMotionAttention(**attn_kw, heads_major_keys=cfg.heads_major_motion_keys,
+                                   name="motion_attn")(h, ctx.motion, ctx.motion_q_rope,
+                                                       ctx.motion_rope)
+            x = x + y.astype(dtype)
+        elif self.motion and ctx.isa is not None:    # 3'. ISA in the motion slot
+            x, point_tokens = ISA.apply_isa(cfg.isa, width, cfg.num_heads, x, self.grid, ctx.isa,
+                                            point_tokens, attention_implementation=cfg.attention,
+                                            dtype=dtype, param_dtype=pdt, precision=cfg.precision)
+            x = x.astype(dtype)
+
+        # 4. FFN, modulated, gated
+        h = (layer_norm_f32(x, cfg.eps) * (1 + scale_ff) + shift_ff).astype(dtype)
+        dkw = dict(dtype=dtype, param_dtype=pdt, precision=cfg.precision)
+        h = dense(cfg.ffn_dim, "ffn_0", ("embed", "mlp"), **dkw)(h)
+        h = dense(width, "ffn_2", ("mlp", "embed"), **dkw)(nn.gelu(h, approximate=True))
+        x = (x.astype(f32) + h.astype(f32) * gate_ff).astype(dtype)
+        return (x if point_tokens is None else (x, point_tokens)), None
+
+
+def block_class(config: WanDiTConfig):
+    use, policy = remat_policy(config.remat)
+    if not use:
+        return WanBlock
+    return nn.remat(WanBlock, policy=policy, prevent_cse=False)
+
+
+def scanned(cls, length: int, axis_name: str, unroll: int = 1):
+    return nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=nn.broadcast, length=length, unroll=min(unroll, length),
+                   metadata_params={nn.PARTITION_NAME: axis_name})
+
+
+class WanBlockGroup(nn.Module):
+    """[motion block, `num_plain` plain blocks]; the plain blocks are scanned (`sublayers`)."""
+
+    config: WanDiTConfig
+    num_plain: int
+    grid: tuple | None = None
+
+    @nn.compact
+    def __call__(self, x, ctx: BlockContext):
+        block = block_class(self.config)
+        x, _ = block(self.config, motion=True, grid=self.grid, name="motion_block")(x, ctx)
+        if self.num_plain:
+            x, _ = scanned(block, self.num_plain, "sublayers", self.config.scan_unroll)(
+                self.config, motion=False, grid=self.grid, name="plain")(x, ctx)
+        return x, None
+
+
+class WanImageEmbedding(nn.Module):
+    """img_emb (MLPProj): LN(1280) → Linear → GELU (exact) → Linear(→D) → LN(D), eps 1e-5."""
+
+    config: WanDiTConfig
+
+    @nn.compact
+    def __call__(self, image):
+        cfg = self.config
+        pdt, dtype = cfg.params_dtype, cfg.compute_dtype
+        dkw = dict(dtype=dtype, param_dtype=pdt, precision=cfg.precision)
+        h = LayerNorm(cfg.image_eps, logical_axes=(None,), param_dtype=pdt,
+                      name="proj_0")(image.astype(jnp.float32))
+        h = dense(image.shape[-1], "proj_1", (None, None), **dkw)(h.astype(dtype))
+        h = dense(cfg.dim, "proj_3", (None, "embed"), **dkw)(nn.gelu(h, approximate=False))
+        return LayerNorm(cfg.image_eps, logical_axes=("embed",), param_dtype=pdt,
+                         name="proj_4")(h.astype(jnp.float32)).astype(dtype)

@@ -1,17 +1,18 @@
 """Converts PyTorch MV-DiT-17B (and base Wan-2.1-I2V-14B) transformer weights into mtvjax.
 
-Sources (`open_source`): a diffusers-style folder (`*.safetensors.index.json` + shards, else
-`diffusion_pytorch_model.bin`, else one or several `*.safetensors` merged, as the released
-`from_pretrained` does, docs/reference/mvdit17b.md §3.2), or a single `.safetensors` file, or a `.pt` /
-`.pth` / `.bin` file read with `torch.load(weights_only=True)`. Safetensors are memory-mapped
-(`safe_open`) and read one tensor at a time; bfloat16 tensors go through torch.
+Sources: `mtvjax.models.mvdit.wan.source.open_source` (diffusers-style folders, safetensors,
+torch files), read one tensor at a time.
 
 Names map through a table generated from the block structure (`name_table`: a few patterns per
 module); layouts change by a few shape rules (`RULES`); per-block tensors are stacked into the
-scanned layout of `mtvjax.models.mvdit.wan.model` (`block_location`). Every source tensor and every
-table entry must be used exactly once with matching shapes, or one `ConversionError` lists the
-offending keys. The written Orbax checkpoint (step 0) holds `{"params": ...}` and a config JSON
-(`{"family": "mvdit17b", "variant", "model": fields, "conversion": ...}`).
+scanned layout of `mtvjax.models.mvdit.wan.model` (`block_location`, `stacked_axes`: a plain
+block's slot is (group, block)). The table, the layout check and the filling are those of the
+conversion kit `mtvjax.checkpoint.conversion`: every source tensor and every parameter slot must
+be used exactly once with matching shapes, or one `ConversionError` lists the offending keys.
+On top of the kit this module renames diffusers keys and merges a LoRA into each tensor as it
+is read. The written Orbax checkpoint (step 0) holds
+`{"params": ...}` and a config JSON (`{"family": "mvdit17b", "variant", "model": fields,
+"conversion": ...}`).
 
 * `convert_mvdit17b(src, dst, lora=None, variant="17b")`: the released MTVCrafter checkpoint
   (`MV-DiT/Wan-2-1`), optionally merging a Wan LoRA the way the released pipeline does (§3.3,
@@ -36,10 +37,9 @@ time_embedder.linear_{1,2}` ↔ `time_embedding.{0,2}`, `condition_embedder.time
 """
 from __future__ import annotations
 
-import json
+import functools
 import re
-from pathlib import Path
-from typing import Callable, Mapping, NamedTuple
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -47,39 +47,36 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from mtvjax.checkpoint.conversion import (ConversionError, TensorSource, folder_config, format_keys,
+from mtvjax.checkpoint.conversion import (AS_IS, LINEAR, ConversionError, Entry, Rule, TensorSource,
+                                          check_layout, fill_targets, folder_config, format_keys,
                                           strip_prefix)
 from mtvjax.checkpoint.converted import jsonable, prepare_destination, restore_params, write_step0
 from mtvjax.checkpoint.manager import read_config
-from mtvjax.models.mvdit.wan import model as W
+from mtvjax.models.layers.param_tree import count_params
 from mtvjax.models.layers.rope import wan_vision_rope
 from mtvjax.models.mvdit.wan.blocks import WanMotionBranch
+from mtvjax.models.mvdit.wan.config import (FAMILY, WanDiTConfig, block_location, project_config,
+                                            stacked_axes, wan_config)
 from mtvjax.models.mvdit.wan.lora import LoraPlan, lora_delta, read_lora
+from mtvjax.models.mvdit.wan.source import PREFIXES, open_source, resolve_config
+from mtvjax.models.mvdit.wan.model import is_trainable_path, param_shapes, released_motion_rope
 
-# rule -> (torch array, target slot shape -> array in the Flax layout;
-#          target slot shape -> the torch shape it expects)
-RULES: dict[str, tuple[Callable, Callable]] = {
-    "as_is": (lambda a, t: a, lambda t: tuple(t)),
-    # nn.Linear [out, in] -> Dense kernel [in, out]
-    "linear": (lambda a, t: a.T, lambda t: (t[1], t[0])),
+# torch array -> Flax layout, given the target slot shape; the torch shape a slot expects
+RULES: dict[str, Rule] = {
+    "as_is": AS_IS,
+    "linear": LINEAR,   # nn.Linear [out, in] -> Dense kernel [in, out]
     # q/k/v Linear [n·d, in] -> DenseGeneral kernel [in, n, d] (channel = head·d + i)
-    "heads_in": (lambda a, t: a.T.reshape(t), lambda t: (t[1] * t[2], t[0])),
+    "heads_in": Rule(lambda a, t: a.T.reshape(t), lambda t: [(t[1] * t[2], t[0])]),
     # q/k/v bias and full-width RMSNorm weight [n·d] -> [n, d]
-    "heads_vec": (lambda a, t: a.reshape(t), lambda t: (t[0] * t[1],)),
+    "heads_vec": Rule(lambda a, t: a.reshape(t), lambda t: [(t[0] * t[1],)]),
     # o Linear [D, n·d] -> DenseGeneral kernel [n, d, D]
-    "heads_out": (lambda a, t: a.T.reshape(t), lambda t: (t[2], t[0] * t[1])),
+    "heads_out": Rule(lambda a, t: a.T.reshape(t), lambda t: [(t[2], t[0] * t[1])]),
     # Conv3d [D, C, pt, ph, pw] -> kernel [pt, ph, pw, C, D] (patch vectors channel-last)
-    "conv3d": (lambda a, t: a.transpose(2, 3, 4, 1, 0), lambda t: (t[4], t[3], t[0], t[1], t[2])),
+    "conv3d": Rule(lambda a, t: a.transpose(2, 3, 4, 1, 0),
+                   lambda t: [(t[4], t[3], t[0], t[1], t[2])]),
     # modulation [1, k, D] -> [k, D]
-    "squeeze0": (lambda a, t: a[0], lambda t: (1,) + tuple(t)),
+    "squeeze0": Rule(lambda a, t: a[0], lambda t: [(1,) + tuple(t)]),
 }
-
-
-class Entry(NamedTuple):
-    source: str           # released (original Wan) state-dict key
-    target: tuple         # path in `params`
-    index: tuple          # stacking index inside the target (scan axes), () if unstacked
-    rule: str             # key of RULES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,39 +84,38 @@ class Entry(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 
 
+def _linear(src, dst, index=None):
+    return [Entry(f"{src}.weight", dst + ("kernel",), "linear", index),
+            Entry(f"{src}.bias", dst + ("bias",), "as_is", index)]
 
-def _linear(src, dst, index=()):
-    return [Entry(f"{src}.weight", dst + ("kernel",), index, "linear"),
-            Entry(f"{src}.bias", dst + ("bias",), index, "as_is")]
 
-
-def _norm(src, dst, index=()):
-    return [Entry(f"{src}.weight", dst + ("scale",), index, "as_is"),
-            Entry(f"{src}.bias", dst + ("bias",), index, "as_is")]
+def _norm(src, dst, index=None):
+    return [Entry(f"{src}.weight", dst + ("scale",), "as_is", index),
+            Entry(f"{src}.bias", dst + ("bias",), "as_is", index)]
 
 
 def _attention(src, dst, index, image: bool):
     """Released order: q, k, v, o, norm_q, norm_k[, k_img, v_img, norm_k_img] (§3.1)."""
     def proj(name):
-        return [Entry(f"{src}.{name}.weight", dst + (name, "kernel"), index, "heads_in"),
-                Entry(f"{src}.{name}.bias", dst + (name, "bias"), index, "heads_vec")]
+        return [Entry(f"{src}.{name}.weight", dst + (name, "kernel"), "heads_in", index),
+                Entry(f"{src}.{name}.bias", dst + (name, "bias"), "heads_vec", index)]
 
     def norm(name):
-        return [Entry(f"{src}.{name}.weight", dst + (name, "scale"), index, "heads_vec")]
+        return [Entry(f"{src}.{name}.weight", dst + (name, "scale"), "heads_vec", index)]
 
     entries = proj("q") + proj("k") + proj("v")
-    entries += [Entry(f"{src}.o.weight", dst + ("o", "kernel"), index, "heads_out"),
-                Entry(f"{src}.o.bias", dst + ("o", "bias"), index, "as_is")]
+    entries += [Entry(f"{src}.o.weight", dst + ("o", "kernel"), "heads_out", index),
+                Entry(f"{src}.o.bias", dst + ("o", "bias"), "as_is", index)]
     entries += norm("norm_q") + norm("norm_k")
     if image:
         entries += proj("k_img") + proj("v_img") + norm("norm_k_img")
     return entries
 
 
-def block_entries(config: W.WanDiTConfig, i: int) -> list[Entry]:
+def block_entries(config: WanDiTConfig, i: int) -> list[Entry]:
     src = f"blocks.{i}"
-    dst, index = W.block_location(config, i)
-    entries = [Entry(f"{src}.modulation", dst + ("modulation",), index, "squeeze0")]
+    dst, index = block_location(config, i)
+    entries = [Entry(f"{src}.modulation", dst + ("modulation",), "squeeze0", index)]
     entries += _attention(f"{src}.self_attn", dst + ("self_attn",), index, image=False)
     entries += _norm(f"{src}.norm3", dst + ("norm3",), index)
     entries += _attention(f"{src}.cross_attn", dst + ("cross_attn",), index, image=True)
@@ -132,10 +128,10 @@ def block_entries(config: W.WanDiTConfig, i: int) -> list[Entry]:
 
 
 def name_table(config) -> list[Entry]:
-    """Released key → (Flax path, stacking index, rule), in the released key order (§3.1)."""
-    config = W.wan_config(config)
-    table = [Entry("patch_embedding.weight", ("patch_embedding", "kernel"), (), "conv3d"),
-             Entry("patch_embedding.bias", ("patch_embedding", "bias"), (), "as_is")]
+    """Released key → (Flax path, rule, stacking index), in the released key order (§3.1)."""
+    config = wan_config(config)
+    table = [Entry("patch_embedding.weight", ("patch_embedding", "kernel"), "conv3d"),
+             Entry("patch_embedding.bias", ("patch_embedding", "bias"), "as_is")]
     table += _linear("text_embedding.0", ("text_embedding_0",))
     table += _linear("text_embedding.2", ("text_embedding_2",))
     table += _linear("time_embedding.0", ("time_embedding_0",))
@@ -143,14 +139,12 @@ def name_table(config) -> list[Entry]:
     table += _linear("time_projection.1", ("time_projection",))
     for i in range(config.num_layers):
         table += block_entries(config, i)
-    table += [Entry("head.modulation", ("head", "modulation"), (), "squeeze0")]
+    table += [Entry("head.modulation", ("head", "modulation"), "squeeze0")]
     table += _linear("head.head", ("head", "head"))
     table += _norm("img_emb.proj.0", ("img_emb", "proj_0"))
     table += _linear("img_emb.proj.1", ("img_emb", "proj_1"))
     table += _linear("img_emb.proj.3", ("img_emb", "proj_3"))
     table += _norm("img_emb.proj.4", ("img_emb", "proj_4"))
-    assert len({e.source for e in table}) == len(table)
-    assert len({(e.target, e.index) for e in table}) == len(table)
     return table
 
 
@@ -158,6 +152,10 @@ def is_motion_key(key: str) -> bool:
     """Keys that exist only in MV-DiT-17B, not in Wan2.1-I2V-14B (§3.1 "new")."""
     return ".motion_attn." in key or ".norm4." in key
 
+
+# ----------------------------------------------------------------------------------------------
+# diffusers names
+# ----------------------------------------------------------------------------------------------
 
 # diffusers WanTransformer3DModel -> original Wan names (the document's)
 DIFFUSERS_TO_WAN = [(re.compile(p), r) for p, r in [
@@ -173,12 +171,10 @@ DIFFUSERS_TO_WAN = [(re.compile(p), r) for p, r in [
     (r"^scale_shift_table$", "head.modulation"),
     (r"^proj_out\.", "head.head."),
     (r"^blocks\.(\d+)\.scale_shift_table$", r"blocks.\1.modulation"),
-    (r"^blocks\.(\d+)\.attn1\.to_([qkv])\.", r"blocks.\1.self_attn.\2."),
-    (r"^blocks\.(\d+)\.attn1\.to_out\.0\.", r"blocks.\1.self_attn.o."),
-    (r"^blocks\.(\d+)\.attn1\.norm_([qk])\.", r"blocks.\1.self_attn.norm_\2."),
-    (r"^blocks\.(\d+)\.attn2\.to_([qkv])\.", r"blocks.\1.cross_attn.\2."),
-    (r"^blocks\.(\d+)\.attn2\.to_out\.0\.", r"blocks.\1.cross_attn.o."),
-    (r"^blocks\.(\d+)\.attn2\.norm_([qk])\.", r"blocks.\1.cross_attn.norm_\2."),
+    *[(rf"^blocks\.(\d+)\.{attn}\.{src}", rf"blocks.\1.{wan}.{dst}")
+      for attn, wan in (("attn1", "self_attn"), ("attn2", "cross_attn"))
+      for src, dst in ((r"to_([qkv])\.", r"\2."), (r"to_out\.0\.", "o."),
+                       (r"norm_([qk])\.", r"norm_\2."))],
     (r"^blocks\.(\d+)\.attn2\.add_k_proj\.", r"blocks.\1.cross_attn.k_img."),
     (r"^blocks\.(\d+)\.attn2\.add_v_proj\.", r"blocks.\1.cross_attn.v_img."),
     (r"^blocks\.(\d+)\.attn2\.norm_added_k\.", r"blocks.\1.cross_attn.norm_k_img."),
@@ -194,37 +190,6 @@ def diffusers_to_wan_name(key: str) -> str:
         if n:
             return new
     return key
-
-
-# ----------------------------------------------------------------------------------------------
-# Tensor sources
-# ----------------------------------------------------------------------------------------------
-
-TORCH_WRAPPERS = ("module", "state_dict", "model")
-PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.")
-
-
-def open_source(src) -> TensorSource:
-    """A lazy tensor source for a folder or a single file (see the module docstring)."""
-    path = Path(src)
-    if path.is_dir():
-        if sorted(path.glob("*.safetensors.index.json")):
-            return TensorSource.open(path)
-        if (path / "diffusion_pytorch_model.bin").is_file():
-            return TensorSource.open_torch(path / "diffusion_pytorch_model.bin", TORCH_WRAPPERS)
-        files = sorted(path.glob("*.safetensors"))
-        if files:
-            return TensorSource.merged_safetensors(files, path)
-        torch_files = sorted(p for ext in ("*.bin", "*.pt", "*.pth") for p in path.glob(ext))
-        if len(torch_files) == 1:
-            return TensorSource.open_torch(torch_files[0], TORCH_WRAPPERS)
-        raise ConversionError(path, "no safetensors index, diffusion_pytorch_model.bin or "
-                              "*.safetensors file in this folder")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
-        return TensorSource.merged_safetensors([path], path)
-    return TensorSource.open_torch(path, TORCH_WRAPPERS)
 
 
 def renamed(source: TensorSource, rename: Callable[[str], str]) -> TensorSource:
@@ -246,143 +211,11 @@ def is_diffusers_layout(keys) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Model fields: inferred from shapes / config.json, checked against the variant
-# ----------------------------------------------------------------------------------------------
-
-
-def infer_fields(shapes: Mapping[str, tuple], with_motion: bool = True) -> dict:
-    """Fields readable from released-name shapes. num_heads is not (the q/k norms span the full
-    width); motion_dim neither (the zero-padded columns of motion_attn.k/v have full width)."""
-    found = {}
-
-    def get(field, fn):
-        try:
-            found[field] = fn()
-        except KeyError:
-            pass
-
-    get("dim", lambda: int(shapes["patch_embedding.weight"][0]))
-    get("in_channels", lambda: int(shapes["patch_embedding.weight"][1]))
-    get("patch_size", lambda: tuple(int(s) for s in shapes["patch_embedding.weight"][2:]))
-    get("text_dim", lambda: int(shapes["text_embedding.0.weight"][1]))
-    get("freq_dim", lambda: int(shapes["time_embedding.0.weight"][1]))
-    get("ffn_dim", lambda: int(shapes["blocks.0.ffn.0.weight"][0]))
-    get("image_dim", lambda: int(shapes["img_emb.proj.1.weight"][1]))
-    layers = sorted({int(m.group(1)) for k in shapes
-                     if (m := re.match(r"blocks\.(\d+)\.", k))})
-    if layers:
-        found["num_layers"] = layers[-1] + 1
-    if "patch_size" in found and "head.head.weight" in shapes:
-        found["out_channels"] = int(shapes["head.head.weight"][0]) // int(
-            np.prod(found["patch_size"]))
-    if with_motion and layers:
-        motion = sorted({int(m.group(1)) for k in shapes
-                         if (m := re.match(r"blocks\.(\d+)\.motion_attn\.", k))})
-        # a file without motion keys says nothing here (it is reported as missing keys)
-        if motion:
-            every = motion[1] - motion[0] if len(motion) > 1 else found["num_layers"]
-            if motion == list(range(0, found["num_layers"], every)):
-                found["motion_every"] = every
-    return found
-
-
-def fields_from_config_json(config: Mapping) -> dict:
-    """Model fields named by a Wan (original or diffusers) `config.json`."""
-    found = {}
-    if "num_attention_heads" in config:  # diffusers
-        n, d = int(config["num_attention_heads"]), int(config.get("attention_head_dim", 128))
-        found.update(num_heads=n, dim=n * d)
-        for src, dst in (("in_channels", "in_channels"), ("out_channels", "out_channels"),
-                         ("text_dim", "text_dim"), ("freq_dim", "freq_dim"),
-                         ("ffn_dim", "ffn_dim"), ("num_layers", "num_layers"), ("eps", "eps"),
-                         ("image_dim", "image_dim"), ("patch_size", "patch_size")):
-            if config.get(src) is not None:
-                found[dst] = config[src]
-    else:  # original Wan
-        for src, dst in (("dim", "dim"), ("num_heads", "num_heads"), ("ffn_dim", "ffn_dim"),
-                         ("freq_dim", "freq_dim"), ("in_dim", "in_channels"),
-                         ("out_dim", "out_channels"), ("num_layers", "num_layers"),
-                         ("text_len", "text_len"), ("eps", "eps"), ("text_dim", "text_dim"),
-                         ("patch_size", "patch_size")):
-            if config.get(src) is not None:
-                found[dst] = config[src]
-    if "patch_size" in found:
-        found["patch_size"] = tuple(int(p) for p in found["patch_size"])
-    return found
-
-
-def resolve_config(shapes, variant, source, config_json=None,
-                   with_motion: bool = True) -> tuple[W.WanDiTConfig, str]:
-    """The variant's config checked against the file's shapes (and config.json); with
-    `variant=None`, the 17b preset updated with what the file says (num_heads = dim / 128 unless
-    config.json names it)."""
-    inferred = infer_fields(shapes, with_motion)
-    named = fields_from_config_json(config_json) if config_json else {}
-    if variant is None:
-        fields = {**W.wan_presets()["17b"], **named, **inferred}
-        if "num_heads" not in named:
-            fields["num_heads"] = max(1, fields["dim"] // 128)
-        if fields.get("motion_dim", 0) > fields["dim"]:
-            fields["motion_dim"] = fields["dim"]
-        return W.wan_config(fields), "inferred"
-    config = W.wan_config(variant)
-    name = variant if isinstance(variant, str) else "given config"
-    have = config.to_fields()
-    disagree = []
-    for origin, found in (("file", inferred), ("config.json", named)):
-        for k, v in found.items():
-            mine = tuple(have[k]) if isinstance(have[k], list) else have[k]
-            if mine != v:
-                disagree.append(f"{k}: {origin} {v}, variant {mine}")
-    if disagree:
-        raise ConversionError(source, f"shapes disagree with variant {name!r}: "
-                              + "; ".join(disagree))
-    return config, name
-
-
-# ----------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------
 
 
-def check_layout(source: TensorSource, table: list[Entry], targets: dict, label,
-                 hint: str = "") -> None:
-    """Every source key used once, every table key present, shapes as the rules expect; else
-    one error listing unused keys, missing keys and shape mismatches."""
-    problems = []
-    wanted = {e.source for e in table}
-    unused = sorted(source.describe(k) for k in set(source.keys()) - wanted)
-    missing = sorted(e.source for e in table if e.source not in source.shapes)
-    if unused:
-        problems.append(f"unused source keys: {format_keys(unused)}")
-    if missing:
-        problems.append(f"missing keys: {format_keys(missing)}")
-    for e in table:
-        if e.source in source.shapes:
-            slot = targets[e.target][len(e.index):]
-            expected = RULES[e.rule][1](slot)
-            if tuple(source.shapes[e.source]) != tuple(expected):
-                problems.append(f"{source.describe(e.source)}: shape "
-                                f"{tuple(source.shapes[e.source])} in file, expected {expected}")
-    if problems:
-        raise ConversionError(label, "cannot convert to MV-DiT-17B:\n  " + "\n  ".join(problems)
-                              + (f"\n  ({hint})" if hint else ""))
-
-
-def _check_table_covers(table, fresh: dict, targets: dict) -> None:
-    """Internal consistency: table entries + fresh arrays fill every parameter slot once."""
-    counts = {}
-    for e in table:
-        counts[e.target] = counts.get(e.target, 0) + 1
-    for path, shape in targets.items():
-        if path in fresh:
-            continue
-        stacked = next((len(e.index) for e in table if e.target == path), None)
-        if stacked is None or counts[path] != int(np.prod(shape[:stacked])):
-            raise AssertionError(f"name table does not fill {'/'.join(path)} {shape}")
-
-
-def fresh_motion_params(config: W.WanDiTConfig, seed: int = 0,
+def fresh_motion_params(config: WanDiTConfig, seed: int = 0,
                         zero_motion_out: bool = True) -> dict:
     """Freshly initialised norm4 + motion_attn for every motion block (Flax initialisers of the
     model, key folded with the block index), stacked like the model's params; plus
@@ -392,13 +225,13 @@ def fresh_motion_params(config: W.WanDiTConfig, seed: int = 0,
     x = jnp.zeros((1, 1, config.dim), jnp.float32)
     motion = jnp.zeros((1, config.num_joints, config.dim), jnp.float32)
     q_rope = wan_vision_rope(1, 1, 1, config.head_dim)
-    k_rope = W.released_motion_rope(1, config.head_dim)
+    k_rope = released_motion_rope(1, config.head_dim)
     init = jax.jit(lambda key: nn.unbox(branch.init(key, x, motion, q_rope, k_rope)["params"]))
     base = jax.random.PRNGKey(seed)
-    shapes = traverse_util.flatten_dict(W.param_shapes(config))
+    shapes = traverse_util.flatten_dict(param_shapes(config))
     out = {}
     for i in config.motion_blocks():
-        prefix, index = W.block_location(config, i)
+        prefix, index = block_location(config, i)
         params = traverse_util.flatten_dict(jax.device_get(init(jax.random.fold_in(base, i))))
         for sub, value in params.items():
             if zero_motion_out and sub[:2] == ("motion_attn", "o"):
@@ -414,62 +247,63 @@ def fresh_motion_params(config: W.WanDiTConfig, seed: int = 0,
     return out
 
 
-def convert_source(source: TensorSource, config: W.WanDiTConfig, *, lora: LoraPlan | None = None,
+def convert_source(source: TensorSource, config: WanDiTConfig, *, lora: LoraPlan | None = None,
                    fresh: dict | None = None, save_dtype=np.float32,
                    hint: str = "") -> tuple[dict, dict]:
-    """Maps a (Wan-named) source into the model's params. Table entries whose target is in
-    `fresh` are dropped (their arrays come from `fresh`). Returns (nested params of numpy arrays,
-    report)."""
+    """Maps a (Wan-named) source into the model's params, adding the LoRA deltas to each tensor
+    as it is read. Table entries whose target is in `fresh` are dropped (their arrays come from
+    `fresh`). Returns (nested params of numpy arrays, report)."""
     fresh = fresh or {}
     shapes = {k: tuple(v.shape) for k, v in
-              traverse_util.flatten_dict(W.param_shapes(config)).items()}
+              traverse_util.flatten_dict(param_shapes(config)).items()}
     table = [e for e in name_table(config) if e.target not in fresh]
-    check_layout(source, table, shapes, source.path, hint)
-    _check_table_covers(table, fresh, shapes)
-    flat = {path: np.empty(shape, save_dtype) for path, shape in shapes.items()
-            if path not in fresh}
-    merged, seen = [], set()
-    for e in table:
-        array = source.get(e.source)
-        if lora is not None:
-            delta = lora_delta(lora, e.source, array.shape)
-            if delta is not None:
-                array = array + delta
-                merged.append(e.source)
-            seen.add(e.source)
-        slot = shapes[e.target][len(e.index):]
-        flat[e.target][e.index] = RULES[e.rule][0](array, slot).astype(save_dtype)
+    mapped = {path: shape for path, shape in shapes.items() if path not in fresh}
+    check_layout(source.shapes, mapped, table, RULES, source.path, what="MV-DiT-17B",
+                 stacked=functools.partial(stacked_axes, config), describe=source.describe,
+                 hint=hint)
+    merged = []
+
+    def merged_get(key):
+        array = source.get(key)
+        delta = None if lora is None else lora_delta(lora, key, array.shape)
+        if delta is None:
+            return array
+        merged.append(key)
+        return array + delta
+
+    flat = fill_targets(merged_get, mapped, table, RULES, save_dtype)
     for path, value in fresh.items():
         if tuple(value.shape) != shapes[path]:
             raise AssertionError(f"fresh {'/'.join(path)} {value.shape}, expected {shapes[path]}")
         flat[path] = np.asarray(value).astype(save_dtype)
     report = {"tensors": len(source.shapes), "fresh": sorted("/".join(p) for p in fresh)}
     if lora is not None:
+        read = {e.source for e in table}
         report.update(lora_merged=len(merged),
-                      lora_skipped=sorted(k for k in lora.deltas if k not in seen),
+                      lora_skipped=sorted(k for k in lora.deltas if k not in read),
                       lora_ignored=lora.ignored)
     return traverse_util.unflatten_dict(flat), report
 
 
-def save_params(dst: str, params: dict, config: W.WanDiTConfig, variant: str,
+def save_params(dst: str, params: dict, config: WanDiTConfig, variant: str,
                 conversion: dict) -> None:
     """Writes `{"params": params}` and the config JSON as step 0 of an Orbax checkpoint. The JSON
-    is shaped like a configs/mvdit.py config (`W.project_config`) plus a `conversion` report."""
-    config_json = {**W.project_config(config), "variant": variant, "conversion": conversion}
+    is shaped like a configs/mvdit.py config (`project_config`) plus a `conversion` report."""
+    config_json = {**project_config(config), "variant": variant, "conversion": conversion}
     write_step0(dst, params, jsonable(config_json))
 
 
-def load_converted(directory, step: int | None = None) -> tuple[W.WanDiTConfig, dict]:
+def load_converted(directory, step: int | None = None) -> tuple[WanDiTConfig, dict]:
     """(config, params) of a checkpoint written by the converters (params in the saved dtype,
     float32 by default)."""
     directory = str(directory)
     config_json, step = read_config(directory, step)
     family = config_json.get("model", {}).get("family")
-    if family != W.FAMILY:
+    if family != FAMILY:
         raise ValueError(f"{directory}: not an MV-DiT-17B (wan) checkpoint (family {family!r})")
-    config = W.wan_config(config_json)
+    config = wan_config(config_json)
     dtype = config_json.get("conversion", {}).get("save_dtype", "float32")
-    return config, restore_params(directory, W.param_shapes(config), step, dtype)
+    return config, restore_params(directory, param_shapes(config), step, dtype)
 
 
 def _save_dtype(name: str):
@@ -479,7 +313,7 @@ def _save_dtype(name: str):
 
 def convert_state_dict(source, variant="17b", *, lora=None, lora_scale: float = 1.0,
                        base: bool = False, seed: int = 0, zero_motion_out: bool = True,
-                       save_dtype: str = "float32") -> tuple[W.WanDiTConfig, dict, dict]:
+                       save_dtype: str = "float32") -> tuple[WanDiTConfig, dict, dict]:
     """In-memory conversion: `source` is a path or an open `TensorSource`. Returns (config, params,
     report). `base=True` treats it as a Wan2.1-I2V base model (motion modules fresh)."""
     own = not isinstance(source, TensorSource)
@@ -523,10 +357,10 @@ def convert_state_dict(source, variant="17b", *, lora=None, lora_scale: float = 
 def _convert_and_save(src, dst, **kwargs) -> dict:
     dst = prepare_destination(dst)
     config, params, report = convert_state_dict(src, **kwargs)
-    counts = {"total_params": W.count_params(params),
-              "trainable_params": W.count_params(
+    counts = {"total_params": count_params(params),
+              "trainable_params": count_params(
                   [v for k, v in traverse_util.flatten_dict(params).items()
-                   if W.is_trainable_path(k)])}
+                   if is_trainable_path(k)])}
     save_params(dst, params, config, report["variant"], {**report, **counts})
     return {**report, **counts, "dst": dst, "step": 0, "model": config.to_fields()}
 
@@ -535,7 +369,7 @@ def convert_mvdit17b(src, dst, lora=None, variant="17b", *, lora_scale: float = 
                      save_dtype: str = "float32", seed: int = 0) -> dict:
     """Converts the released MV-DiT-17B at `src` (folder or file) into an Orbax checkpoint
     (step 0) under `dst`, merging the LoRA file `lora` at `lora_scale` first when given.
-    `variant`: a preset name of `mvdit_wan.wan_presets()`, a fields dict, or None (read from the
+    `variant`: a preset name of `wan_presets()`, a fields dict, or None (read from the
     file). Returns a summary dict."""
     return _convert_and_save(src, dst, variant=variant, lora=lora, lora_scale=lora_scale,
                              save_dtype=save_dtype, seed=seed)

@@ -7,10 +7,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mtvjax.models.mvdit import isa_conditioning as ISA
+from mtvjax.models.mvdit.registry import SamplerRecipe
 from mtvjax.models.mvdit.wan import model as W
+from mtvjax.models.mvdit.wan.config import wan_config, wan_presets
 
 NAME = "wan"
 TRAINING_TARGET = "flow_matching"
+# Wan: x_t = (1 - σ)·x0 + σ·ε, target ε - x0, σ shifted
+TRAINING_SCHEDULE = dict(kind=TRAINING_TARGET, num_train_timesteps=1000, shift=5.0)
+DEFAULT_TRAINABLE = "motion"
+# the released no-LoRA 17B run: flow Euler (shift 5), 50 steps, text CFG 6.0, no motion CFG
+# (docs/reference/mvdit17b.md §6)
+SAMPLER = SamplerRecipe(samplers=(("euler", "flow_euler"), ("unipc", "flow_unipc")),
+                        guidance="text", steps=50, motion_cfg=1.0, text_cfg=6.0)
 HAS_TEXT = True
 ANIMATOR = "mtvjax.sample.animator_wan:WanAnimator"   # the sample pipeline, by name
 HAS_IMAGE = True
@@ -27,18 +36,23 @@ def init_variables(model: W.MVDiTWan, rng) -> dict:
 
 def abstract_params(config) -> dict:
     """Unboxed `params` ShapeDtypeStructs of a project config's model."""
-    return W.param_shapes(W.wan_config(config))
+    return W.param_shapes(wan_config(config))
+
+
+def logical_axes(config) -> dict:
+    return W.param_logical_axes(wan_config(config))
 
 
 def param_counts(config) -> dict:
     """{"total", "trainable", "tensors_released"}; `trainable` is the released recipe's count."""
-    return W.param_counts(W.wan_config(config))
+    return W.param_counts(wan_config(config))
 
 
 def motion_width(model_config) -> int:
     return model_config.motion_dim
 
 
+model_presets = wan_presets
 trainable = W.is_trainable_path
 
 

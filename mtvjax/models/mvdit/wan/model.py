@@ -53,16 +53,13 @@ of every group holds `isa` instead of norm4/motion_attn, the groups are `isa.eve
 before the blocks and the point tokens are carried through the scans; `motion_drop` masks an
 example's points (no unconditional tokens needed).
 
-API: `MVDiTWan(WanDiTConfig)`; `wan_presets()` (`17b`, `tiny17b` model fields), `wan_config`,
-`from_config` / `project_config` (configs/mvdit.py-shaped dicts); `param_shapes`,
-`param_counts`, `param_logical_axes`, `init_params` (no allocation except the last);
-`trainable_mask` (motion modules + unconditional tokens, for optax); `block_location`;
+API: `MVDiTWan(WanDiTConfig)` (fields, presets, `wan_config`, `project_config`,
+`block_location`: `mtvjax.models.mvdit.wan.config`; the blocks: `mtvjax.models.mvdit.wan.blocks`);
+`from_config`; `param_shapes`, `param_counts`, `param_logical_axes`, `init_params` (no allocation
+except the last); `trainable_mask` (motion modules + unconditional tokens, for optax);
 `released_motion_rope`. Conversion: `mtvjax.models.mvdit.wan.convert`.
 """
 from __future__ import annotations
-
-import dataclasses
-from typing import Mapping, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -70,198 +67,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mtvjax.models.layers.param_tree import abstract_params, count_params, init_module_params
+from mtvjax.models.layers.rope import (RopeTable, motion_positions, rope_table_nd,
+                                       wan_motion_band_dims, wan_vision_band_dims, wan_vision_rope)
 from mtvjax.models.mvdit import isa_conditioning as ISA
 from mtvjax.models.mvdit import motion_pe as PE
-from mtvjax.models.layers.config_fields import checked_config, config_from_variant
-from mtvjax.models.layers.param_tree import abstract_params, init_module_params
-from mtvjax.models.layers.param_tree import count_params  # noqa: F401 (part of this module's API)
-from mtvjax.models.layers.rope import (RopeTable, motion_positions, rope_table_nd, wan_motion_band_dims,
-                                wan_vision_band_dims, wan_vision_rope)
-from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, remat_policy
-from mtvjax.models.layers.norms import LayerNorm, layer_norm_f32
-from mtvjax.models.mvdit.wan.blocks import LOGICAL_AXES  # noqa: F401 (re-exported)
-from mtvjax.models.mvdit.wan.blocks import (WanHead, WanI2VCrossAttention, WanMotionAttention,
-                                      WanSelfAttention, default_kernel_init, dense, partitioned)
-
-# Dataset-mean SMPL joints minus their float32 column means, mm (17B §5.2 "Precision"): the exact
-# float32 positions of the released motion table, so it can be rebuilt without data/mean.npy.
-RELEASED_CENTRED_JOINTS = np.array([
-    [-0.0212978125, 19.1070862, 41.7080078], [37.6396866, 87.4716492, 39.5495605],
-    [-38.5407677, 91.8256531, 42.9959717], [1.83283639, -62.5306854, 63.2614746],
-    [85.5214767, 314.443604, -54.1829834], [-91.0816345, 316.165619, -30.487915],
-    [4.86790895, -165.802399, 40.8522949], [97.3257523, 611.953735, 15.6912842],
-    [-88.3197708, 608.868408, 34.4730225], [3.9647243, -204.320099, 27.4915771],
-    [118.628487, 664.03302, -46.8779297], [-109.615578, 663.726685, -32.6437988],
-    [-2.4598577, -373.421204, 39.5362549], [52.164196, -297.852295, 29.298584],
-    [-47.6342621, -296.517975, 44.2646484], [1.68810868, -426.561798, -8.49694824],
-    [116.034988, -310.45694, 18.9602051], [-107.660728, -311.97757, 42.9191895],
-    [168.395767, -165.977127, -15.2663574], [-169.889206, -174.359604, 26.2944336],
-    [138.301086, -141.753433, -82.7803955], [-151.363876, -157.406998, -55.3431396],
-    [126.484077, -135.104095, -102.078125], [-146.2621, -153.55275, -79.1401367],
-], dtype=np.float32)
-
-FAMILY = "wan"
-TOP_LEVEL = ("dtype", "param_dtype", "remat")   # shared project-config entries
-
-
-# ----------------------------------------------------------------------------------------------
-# Configuration and presets
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class WanDiTConfig:
-    """Model fields of the 17B family (defaults = the released MV-DiT-17B, 17B §1)."""
-
-    dim: int = 5120
-    num_heads: int = 40
-    num_layers: int = 40
-    ffn_dim: int = 13824
-    in_channels: int = 36
-    out_channels: int = 16
-    patch_size: tuple = (1, 2, 2)
-    text_dim: int = 4096
-    text_len: int | None = 512          # rows the text is zero-padded to (None: no padding)
-    freq_dim: int = 256
-    image_dim: int = 1280
-    eps: float = 1e-6                  # every WanLayerNorm / WanRMSNorm in the DiT
-    image_eps: float = 1e-5            # the two LayerNorms of img_emb (MLPProj)
-    motion_every: int = 4              # motion attention in blocks i % motion_every == 0; 0: none
-    motion_dim: int = 3072             # 4DMoT token width, zero-padded to dim
-    num_joints: int = 24
-    heads_major_motion_keys: bool = True   # the released key layout (§2.3); False = "fixed"
-    uncond_motion: bool = False            # learnable unconditional motion tokens (not released)
-    num_uncond_motion_tokens: int = 312
-    motion_pe: str = "4d"              # motion keys' PE: 4d | dynamic | learnable | time | xy | ...
-    motion_query_rope: str = "vision"  # vision (released) | 4d: queries at (t, h, w, 0)
-    max_motion_frames: int = PE.DEFAULT_MAX_MOTION_FRAMES   # "learnable" frame embedding rows
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: str = "none"                # none | full | a jax.checkpoint_policies name
-    attention: str | None = None       # registered SDPA kernel (None: "auto")
-    precision: str | None = None       # matmul precision ("highest" for strict float32 on GPU)
-    scan_unroll: int = 1
-    conditioning: str = "motion_attention"   # motion_attention (released) | isa
-    isa: ISA.ISASettings = ISA.ISASettings()  # ISA settings (a dict in to_fields / JSON)
-
-    def __post_init__(self):
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
-        object.__setattr__(self, "isa", ISA.ISASettings.create(self.isa))
-        ISA.check_conditioning(self.conditioning)
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} is not a multiple of num_heads {self.num_heads}")
-        if self.motion_every and self.motion_dim > self.dim:
-            raise ValueError(f"motion_dim {self.motion_dim} exceeds dim {self.dim}: the motion "
-                             "tokens are zero-padded to the model width, never projected (§2.4)")
-        remat_policy(self.remat)
-        PE.check_switches(self.motion_pe, self.motion_query_rope)
-        check_dtype_fields(self)
-        if self.motion_every < 0 or self.num_layers < 1:
-            raise ValueError("need motion_every >= 0 and num_layers >= 1")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
-
-    @property
-    def compute_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
-    def params_dtype(self):
-        return DTYPES[self.param_dtype]
-
-    @property
-    def patch_volume(self) -> int:
-        return int(np.prod(self.patch_size))
-
-    @property
-    def uses_isa(self) -> bool:
-        return self.conditioning == "isa"
-
-    @property
-    def group_every(self) -> int:
-        """Blocks per scanned group: `isa.every` (ISA) or `motion_every`."""
-        return self.isa.every if self.uses_isa else self.motion_every
-
-    def motion_blocks(self) -> tuple[int, ...]:
-        """Indices of the blocks holding motion attention (0, 4, ..., 36 released)."""
-        if not self.motion_every or self.uses_isa:
-            return ()
-        return tuple(range(0, self.num_layers, self.motion_every))
-
-    def to_fields(self) -> dict:
-        fields = dataclasses.asdict(self)
-        fields["patch_size"] = list(self.patch_size)
-        return fields
-
-    @classmethod
-    def from_fields(cls, fields) -> "WanDiTConfig":
-        """From a dict / ConfigDict of model fields (a `family` entry must be "wan" and is
-        dropped); unknown fields are an error."""
-        return checked_config(cls, fields, FAMILY, "MV-DiT-17B model")
-
-
-def wan_presets() -> dict[str, dict]:
-    """`config.model` fields of the 17B family, for `configs/mvdit.py` (`family` "wan"; the
-    shared top-level `dtype`, `param_dtype`, `remat` are not repeated here).
-
-    * ``17b``: the released MV-DiT-17B (Wan2.1-I2V-14B widths + motion attention in blocks
-      0, 4, ..., 36): 17,443,864,384 parameters, 1,048,985,600 of them in the motion modules.
-    * ``tiny17b``: the document's tiny check config (dim 256, 2 heads of 128, 5 layers, ffn 512,
-      text_dim 64; 7,782,720 parameters in 207 tensors) with 64-wide motion tokens (zero-padded
-      to 256). head_dim stays 128 so the released RoPE band splits (44/42/42, 44/28/28/28) hold.
-    """
-    released = {k: v for k, v in WanDiTConfig().to_fields().items() if k not in TOP_LEVEL}
-    released = {"family": FAMILY, **released}
-    tiny = dict(released, dim=256, num_heads=2, num_layers=5, ffn_dim=512, text_dim=64,
-                motion_dim=64, num_uncond_motion_tokens=48)
-    return {"17b": released, "tiny17b": tiny}
-
-
-def from_config(config, **overrides) -> "MVDiTWan":
-    """The model of a project config (`config.model` with family "wan", plus the shared
-    top-level `dtype`, `param_dtype`, `remat`); keyword arguments override fields."""
-    return MVDiTWan(wan_config(config, **overrides))
-
-
-def project_config(variant: str | Mapping | WanDiTConfig = "17b", **overrides) -> dict:
-    """A configs/mvdit.py-shaped plain dict: {"variant", "model": {family "wan", ...},
-    "dtype", "param_dtype", "remat"} (what the converters store with a checkpoint)."""
-    config = wan_config(variant, **overrides)
-    fields = config.to_fields()
-    model = {"family": FAMILY, **{k: v for k, v in fields.items() if k not in TOP_LEVEL}}
-    name = variant if isinstance(variant, str) else "custom"
-    return {"variant": name, "model": model, **{k: fields[k] for k in TOP_LEVEL}}
-
-
-def wan_config(variant: str | Mapping | WanDiTConfig = "17b", **overrides) -> WanDiTConfig:
-    """A `WanDiTConfig` from a preset name, a fields mapping, a `WanDiTConfig`, or a project
-    config (`{"model": {...}, "dtype", ...}` / ConfigDict), with field overrides."""
-    if hasattr(variant, "get") and variant.get("model") is not None:   # a project config
-        model = variant.get("model")
-        fields = dict(model.to_dict() if hasattr(model, "to_dict") else model)
-        fields.update({k: variant.get(k) for k in TOP_LEVEL if variant.get(k) is not None})
-        variant = fields
-    return config_from_variant(WanDiTConfig, variant, wan_presets, "17B", overrides)
-
-
-def block_location(config: WanDiTConfig, index: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Where released block `index` lives: (param path prefix, stacking index).
-
-    `blocks/motion_block` [G], `blocks/plain` [G, k−1], `tail/motion_block`, `tail/plain` [r−1],
-    or `blocks` [L] when motion_every is 0 (groups of `isa.every` with ISA conditioning).
-    """
-    if not 0 <= index < config.num_layers:
-        raise IndexError(f"block {index} out of range for {config.num_layers} layers")
-    k = config.group_every
-    if not k:
-        return ("blocks",), (index,)
-    groups = config.num_layers // k
-    g, p = divmod(index, k)
-    if g < groups:
-        return (("blocks", "motion_block"), (g,)) if p == 0 else (("blocks", "plain"), (g, p - 1))
-    return (("tail", "motion_block"), ()) if p == 0 else (("tail", "plain"), (p - 1,))
+from mtvjax.models.mvdit.wan.blocks import (BlockContext, WanBlockGroup, WanHead,
+                                            WanImageEmbedding, block_class, default_kernel_init,
+                                            dense, partitioned, scanned)
+from mtvjax.models.mvdit.wan.config import (RELEASED_CENTRED_JOINTS, WanDiTConfig, stacked_axes,
+                                            wan_config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,128 +106,6 @@ def released_motion_rope(latent_frames: int, head_dim: int = 128,
     joints = np.asarray(joints, np.float32)
     return rope_table_nd(motion_positions(latent_frames, joints), wan_motion_band_dims(head_dim),
                          10000.0, np.float32)
-
-
-class BlockContext(NamedTuple):
-    """Per-forward inputs shared by all blocks (broadcast through the scans)."""
-
-    e0: jax.Array                 # [B, 6, D] float32
-    text: jax.Array               # [B, text_len, D]
-    image: jax.Array | None       # [B, 257, D]
-    motion: jax.Array | None      # [B, M, D] padded motion tokens, or None (skip motion attn)
-    vision_rope: RopeTable        # [S, d/2]
-    motion_rope: RopeTable | None  # [M, d/2] or [B, M, d/2] keys; None: not rotated
-    motion_q_rope: RopeTable | None = None  # [S, d/2] motion-attention queries; None: unrotated
-    isa: ISA.ISAInputs | None = None  # points / camera / mask of the ISA conditioning
-
-
-# ----------------------------------------------------------------------------------------------
-# Blocks
-# ----------------------------------------------------------------------------------------------
-
-
-class WanBlock(nn.Module):
-    """One WanAttentionBlock (§4.6). `__call__(x, ctx) -> (x, None)` so it scans directly."""
-
-    config: WanDiTConfig
-    motion: bool = False
-    grid: tuple | None = None          # (F, h, w) token grid, for ISA
-
-    @nn.compact
-    def __call__(self, x, ctx: BlockContext):
-        cfg = self.config
-        point_tokens = None
-        if isinstance(x, tuple):           # ISA: the carry holds the point tokens
-            x, point_tokens = x
-        dtype, pdt, f32 = cfg.compute_dtype, cfg.params_dtype, jnp.float32
-        width = x.shape[-1]
-        attn_kw = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, epsilon=cfg.eps,
-                       implementation=cfg.attention, dtype=dtype, param_dtype=pdt,
-                       precision=cfg.precision)
-        modulation = self.param("modulation", partitioned(nn.initializers.normal(width ** -0.5),
-                                                          (None, "embed")), (6, width), pdt)
-        m = modulation.astype(f32)[None] + ctx.e0.astype(f32)
-        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
-            m[:, j, None, :] for j in range(6))
-
-        # 1. self-attention, modulated, gated
-        h = (layer_norm_f32(x, cfg.eps) * (1 + scale_sa) + shift_sa).astype(dtype)
-        y = WanSelfAttention(**attn_kw, name="self_attn")(h, ctx.vision_rope)
-        x = (x.astype(f32) + y.astype(f32) * gate_sa).astype(dtype)
-
-        # 2. text + image cross-attention (affine norm3, no gate)
-        h = LayerNorm(cfg.eps, logical_axes=("embed",), param_dtype=pdt, name="norm3")(x)
-        x = x + WanI2VCrossAttention(**attn_kw, name="cross_attn")(h, ctx.text,
-                                                                   ctx.image).astype(dtype)
-
-        # 3. motion attention (affine norm4, no gate, no modulation; §2.3)
-        if self.motion and ctx.motion is not None:
-            h = LayerNorm(cfg.eps, logical_axes=("embed",), param_dtype=pdt, name="norm4")(x)
-            y = WanMotionAttention(**attn_kw, heads_major_keys=cfg.heads_major_motion_keys,
-                                   name="motion_attn")(h, ctx.motion, ctx.motion_q_rope,
-                                                       ctx.motion_rope)
-            x = x + y.astype(dtype)
-        elif self.motion and ctx.isa is not None:    # 3'. ISA in the motion slot
-            x, point_tokens = ISA.apply_isa(cfg.isa, width, cfg.num_heads, x, self.grid, ctx.isa,
-                                            point_tokens, attention_implementation=cfg.attention,
-                                            dtype=dtype, param_dtype=pdt, precision=cfg.precision)
-            x = x.astype(dtype)
-
-        # 4. FFN, modulated, gated
-        h = (layer_norm_f32(x, cfg.eps) * (1 + scale_ff) + shift_ff).astype(dtype)
-        dkw = dict(dtype=dtype, param_dtype=pdt, precision=cfg.precision)
-        h = dense(cfg.ffn_dim, "ffn_0", ("embed", "mlp"), **dkw)(h)
-        h = dense(width, "ffn_2", ("mlp", "embed"), **dkw)(nn.gelu(h, approximate=True))
-        x = (x.astype(f32) + h.astype(f32) * gate_ff).astype(dtype)
-        return (x if point_tokens is None else (x, point_tokens)), None
-
-
-def _block_class(config: WanDiTConfig):
-    use, policy = remat_policy(config.remat)
-    if not use:
-        return WanBlock
-    return nn.remat(WanBlock, policy=policy, prevent_cse=False)
-
-
-def _scanned(cls, length: int, axis_name: str, unroll: int = 1):
-    return nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=nn.broadcast, length=length, unroll=min(unroll, length),
-                   metadata_params={nn.PARTITION_NAME: axis_name})
-
-
-class WanBlockGroup(nn.Module):
-    """[motion block, `num_plain` plain blocks]; the plain blocks are scanned (`sublayers`)."""
-
-    config: WanDiTConfig
-    num_plain: int
-    grid: tuple | None = None
-
-    @nn.compact
-    def __call__(self, x, ctx: BlockContext):
-        block = _block_class(self.config)
-        x, _ = block(self.config, motion=True, grid=self.grid, name="motion_block")(x, ctx)
-        if self.num_plain:
-            x, _ = _scanned(block, self.num_plain, "sublayers", self.config.scan_unroll)(
-                self.config, motion=False, grid=self.grid, name="plain")(x, ctx)
-        return x, None
-
-
-class WanImageEmbedding(nn.Module):
-    """img_emb (MLPProj): LN(1280) → Linear → GELU (exact) → Linear(→D) → LN(D), eps 1e-5."""
-
-    config: WanDiTConfig
-
-    @nn.compact
-    def __call__(self, image):
-        cfg = self.config
-        pdt, dtype = cfg.params_dtype, cfg.compute_dtype
-        dkw = dict(dtype=dtype, param_dtype=pdt, precision=cfg.precision)
-        h = LayerNorm(cfg.image_eps, logical_axes=(None,), param_dtype=pdt,
-                      name="proj_0")(image.astype(jnp.float32))
-        h = dense(image.shape[-1], "proj_1", (None, None), **dkw)(h.astype(dtype))
-        h = dense(cfg.dim, "proj_3", (None, "embed"), **dkw)(nn.gelu(h, approximate=False))
-        return LayerNorm(cfg.image_eps, logical_axes=("embed",), param_dtype=pdt,
-                         name="proj_4")(h.astype(jnp.float32)).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,12 +292,12 @@ class MVDiTWan(nn.Module):
         k = cfg.group_every
         grid = tuple(grid) if cfg.uses_isa else None
         if not k:
-            x, _ = _scanned(_block_class(cfg), cfg.num_layers, "layers", cfg.scan_unroll)(
+            x, _ = scanned(block_class(cfg), cfg.num_layers, "layers", cfg.scan_unroll)(
                 cfg, motion=False, name="blocks")(x, ctx)
             return x
         groups, rest = divmod(cfg.num_layers, k)
         if groups:
-            x, _ = _scanned(WanBlockGroup, groups, "layers", cfg.scan_unroll)(
+            x, _ = scanned(WanBlockGroup, groups, "layers", cfg.scan_unroll)(
                 cfg, num_plain=k - 1, grid=grid, name="blocks")(x, ctx)
         if rest:
             x, _ = WanBlockGroup(cfg, num_plain=rest - 1, grid=grid, name="tail")(x, ctx)
@@ -628,9 +321,10 @@ def dummy_inputs(config: WanDiTConfig, batch: int = 1) -> tuple:
             jnp.zeros((batch, 1, config.image_dim), jnp.float32), motion)
 
 
-def build_model(config) -> MVDiTWan:
-    """`config`: a preset name, a fields mapping or a `WanDiTConfig`."""
-    return MVDiTWan(wan_config(config))
+def from_config(config, **overrides) -> "MVDiTWan":
+    """The model of a project config (`config.model` with family "wan", plus the shared
+    top-level `dtype`, `param_dtype`, `remat`); keyword arguments override fields."""
+    return MVDiTWan(wan_config(config, **overrides))
 
 
 def boxed_param_shapes(config) -> dict:
@@ -680,12 +374,6 @@ def param_counts(config) -> dict:
     cfg = wan_config(config)
     total = count_params(shapes)
     trainable = sum(int(np.prod(v.shape)) for k, v in flat.items() if is_trainable_path(k))
-    tensors = 0
-    for path, leaf in flat.items():
-        stacked = 0
-        if path[0] == "blocks":
-            stacked = 1 if (not cfg.group_every or path[1] == "motion_block") else 2
-        elif path[0] == "tail" and path[1] == "plain":
-            stacked = 1
-        tensors += int(np.prod(leaf.shape[:stacked]))
+    tensors = sum(int(np.prod(leaf.shape[:stacked_axes(cfg, path)]))
+                  for path, leaf in flat.items())
     return {"total": total, "trainable": trainable, "tensors_released": tensors}

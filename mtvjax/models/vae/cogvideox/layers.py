@@ -173,34 +173,41 @@ def temporal_avg_pool2(x):
     return jnp.concatenate([head, body], axis=1)
 
 
-class Downsample(nn.Module):
-    """[temporal ×2 pooling], then 3×3 stride 2 per frame (module docstring)."""
+class FrameConv(nn.Module):
+    """Base of `Downsample` / `Upsample`: `resample(x)`, then a per-frame 3×3 convolution
+    (kernel `[3, 3, in, out]`, bias) with the class's `PADDING` (height, width) and `STRIDE`."""
 
     features: int
     compress_time: bool = False
     precision: Any = lax.Precision.HIGHEST
+    PADDING = ((1, 1), (1, 1))
+    STRIDE = 1
+
+    def resample(self, x):
+        raise NotImplementedError
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", CONV_INIT, (3, 3, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        if self.compress_time:
-            x = temporal_avg_pool2(x)
-        y = _frame_conv2d(x, kernel, [(0, 1), (0, 1)], 2, self.precision)
+        y = _frame_conv2d(self.resample(x), kernel, self.PADDING, self.STRIDE, self.precision)
         return y + bias.astype(y.dtype)
 
 
-class Upsample(nn.Module):
+class Downsample(FrameConv):
+    """[temporal ×2 pooling], then 3×3 stride 2 per frame (module docstring)."""
+
+    PADDING = ((0, 1), (0, 1))
+    STRIDE = 2
+
+    def resample(self, x):
+        return temporal_avg_pool2(x) if self.compress_time else x
+
+
+class Upsample(FrameConv):
     """Nearest ×2 [in time too], then 3×3 per frame (module docstring)."""
 
-    features: int
-    compress_time: bool = False
-    precision: Any = lax.Precision.HIGHEST
-
-    @nn.compact
-    def __call__(self, x):
-        kernel = self.param("kernel", CONV_INIT, (3, 3, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    def resample(self, x):
         x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
         t = x.shape[1]
         if self.compress_time and t > 1:
@@ -208,8 +215,7 @@ class Upsample(nn.Module):
                 x = jnp.concatenate([x[:, :1], jnp.repeat(x[:, 1:], 2, axis=1)], axis=1)
             else:
                 x = jnp.repeat(x, 2, axis=1)
-        y = _frame_conv2d(x, kernel, [(1, 1), (1, 1)], 1, self.precision)
-        return y + bias.astype(y.dtype)
+        return x
 
 
 def silu(x):

@@ -90,25 +90,27 @@ def get_config(variant: str = "cogvideox-5b", **overrides) -> ml_collections.Con
 # ----------------------------------------------------------------------------------------------
 
 
+def _norm(name: str, h, zq, groups: int, eps: float, precision):
+    """SpatialNorm3D on the latents `zq` (the decoder's norms; eps 1e-6 as diffusers), or
+    GroupNorm with `eps` when `zq` is None (the encoder's)."""
+    if zq is not None:
+        return SpatialNorm3D(groups, 1e-6, precision, name=name)(h, zq)
+    return GroupNorm(groups, eps, name=name)(h)
+
+
 class ResnetBlock3D(nn.Module):
     out_channels: int
     groups: int
     eps: float = 1e-6
-    spatial_norm: bool = False       # decoder: SpatialNorm3D on the latents `zq`
     precision: Any = lax.Precision.HIGHEST
-
-    def _norm(self, name, h, zq):
-        if self.spatial_norm:
-            return SpatialNorm3D(self.groups, 1e-6, self.precision, name=name)(h, zq)
-        return GroupNorm(self.groups, self.eps, name=name)(h)
 
     @nn.compact
     def __call__(self, x, zq=None, cache=None):
         cache, new = cache or {}, {}
-        h = silu(self._norm("norm1", x, zq))
+        h = silu(_norm("norm1", x, zq, self.groups, self.eps, self.precision))
         h, new["conv1"] = CausalConv3d(self.out_channels, 3, self.precision,
                                        name="conv1")(h, cache.get("conv1"))
-        h = silu(self._norm("norm2", h, zq))
+        h = silu(_norm("norm2", h, zq, self.groups, self.eps, self.precision))
         h, new["conv2"] = CausalConv3d(self.out_channels, 3, self.precision,
                                        name="conv2")(h, cache.get("conv2"))
         if x.shape[-1] != self.out_channels:
@@ -123,7 +125,6 @@ class Block3D(nn.Module):
     num_layers: int
     groups: int
     eps: float = 1e-6
-    spatial_norm: bool = False
     resample: str | None = None
     compress_time: bool = False
     precision: Any = lax.Precision.HIGHEST
@@ -133,7 +134,7 @@ class Block3D(nn.Module):
         cache, new = cache or {}, {}
         for j in range(self.num_layers):
             h, new[f"resnets_{j}"] = ResnetBlock3D(
-                self.out_channels, self.groups, self.eps, self.spatial_norm, self.precision,
+                self.out_channels, self.groups, self.eps, self.precision,
                 name=f"resnets_{j}")(h, zq, cache.get(f"resnets_{j}"))
         if self.resample == "down":
             h = Downsample(self.out_channels, self.compress_time, self.precision,
@@ -144,63 +145,73 @@ class Block3D(nn.Module):
         return h, new
 
 
-class Encoder3D(nn.Module):
+class Coder3D(nn.Module):
+    """The encoder / decoder shape: a causal conv_in to `widths()[0]`, the `blocks()` in order,
+    norm_out, SiLU and a causal conv_out to `out_features`. The decoder's norms are SpatialNorm3D
+    on its input latents (`SPATIAL_NORM`)."""
+
     block_out_channels: tuple
     layers_per_block: int
-    latent_channels: int
+    out_features: int
     groups: int
     eps: float = 1e-6
     temporal_levels: int = 2
     precision: Any = lax.Precision.HIGHEST
+    SPATIAL_NORM = False
+
+    def widths(self) -> tuple:
+        raise NotImplementedError
+
+    def blocks(self) -> list:
+        raise NotImplementedError
+
+    def _block(self, name: str, width: int, num_layers: int, resample=None, compress=False):
+        return Block3D(width, num_layers, self.groups, self.eps, resample, compress,
+                       self.precision, name=name)
 
     @nn.compact
     def __call__(self, x, cache=None):
         cache, new = cache or {}, {}
-        chans, n = self.block_out_channels, len(self.block_out_channels)
-        h, new["conv_in"] = CausalConv3d(chans[0], 3, self.precision,
+        zq = x if self.SPATIAL_NORM else None
+        h, new["conv_in"] = CausalConv3d(self.widths()[0], 3, self.precision,
                                          name="conv_in")(x, cache.get("conv_in"))
-        for i, ch in enumerate(chans):
-            h, new[f"down_blocks_{i}"] = Block3D(
-                ch, self.layers_per_block, self.groups, self.eps, False,
-                "down" if i < n - 1 else None, i < self.temporal_levels, self.precision,
-                name=f"down_blocks_{i}")(h, None, cache.get(f"down_blocks_{i}"))
-        h, new["mid_block"] = Block3D(chans[-1], 2, self.groups, self.eps, False, None, False,
-                                      self.precision, name="mid_block")(
-                                          h, None, cache.get("mid_block"))
-        h = silu(GroupNorm(self.groups, 1e-6, name="norm_out")(h))
-        h, new["conv_out"] = CausalConv3d(2 * self.latent_channels, 3, self.precision,
+        for block in self.blocks():
+            h, new[block.name] = block(h, zq, cache.get(block.name))
+        h = silu(_norm("norm_out", h, zq, self.groups, 1e-6, self.precision))
+        h, new["conv_out"] = CausalConv3d(self.out_features, 3, self.precision,
                                           name="conv_out")(h, cache.get("conv_out"))
         return h, new
 
 
-class Decoder3D(nn.Module):
-    block_out_channels: tuple
-    layers_per_block: int
-    out_channels: int
-    groups: int
-    eps: float = 1e-6
-    temporal_levels: int = 2
-    precision: Any = lax.Precision.HIGHEST
+class Encoder3D(Coder3D):
+    """Down blocks (stride 2 on all but the last; time halved in the first `temporal_levels`),
+    then a 2-ResNet mid block; `out_features` = 2 × latent channels (mean ‖ log-variance)."""
 
-    @nn.compact
-    def __call__(self, z, cache=None):
-        cache, new = cache or {}, {}
-        chans = tuple(reversed(self.block_out_channels))
-        n = len(chans)
-        h, new["conv_in"] = CausalConv3d(chans[0], 3, self.precision,
-                                         name="conv_in")(z, cache.get("conv_in"))
-        h, new["mid_block"] = Block3D(chans[0], 2, self.groups, self.eps, True, None, False,
-                                      self.precision, name="mid_block")(
-                                          h, z, cache.get("mid_block"))
-        for i, ch in enumerate(chans):
-            h, new[f"up_blocks_{i}"] = Block3D(
-                ch, self.layers_per_block + 1, self.groups, self.eps, True,
-                "up" if i < n - 1 else None, i < self.temporal_levels, self.precision,
-                name=f"up_blocks_{i}")(h, z, cache.get(f"up_blocks_{i}"))
-        h = silu(SpatialNorm3D(self.groups, 1e-6, self.precision, name="norm_out")(h, z))
-        h, new["conv_out"] = CausalConv3d(self.out_channels, 3, self.precision,
-                                          name="conv_out")(h, cache.get("conv_out"))
-        return h, new
+    def widths(self) -> tuple:
+        return tuple(self.block_out_channels)
+
+    def blocks(self) -> list:
+        chans, n = self.widths(), len(self.block_out_channels)
+        return [self._block(f"down_blocks_{i}", ch, self.layers_per_block,
+                            "down" if i < n - 1 else None, i < self.temporal_levels)
+                for i, ch in enumerate(chans)] + [self._block("mid_block", chans[-1], 2)]
+
+
+class Decoder3D(Coder3D):
+    """A 2-ResNet mid block, then up blocks of `layers_per_block + 1` ResNets (×2 on all but the
+    last; time doubled in the first `temporal_levels`)."""
+
+    SPATIAL_NORM = True
+
+    def widths(self) -> tuple:
+        return tuple(reversed(self.block_out_channels))
+
+    def blocks(self) -> list:
+        chans, n = self.widths(), len(self.block_out_channels)
+        return [self._block("mid_block", chans[0], 2)] + [
+            self._block(f"up_blocks_{i}", ch, self.layers_per_block + 1,
+                        "up" if i < n - 1 else None, i < self.temporal_levels)
+            for i, ch in enumerate(chans)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,8 +236,8 @@ class CogVideoXVAE:
         chans = tuple(c.block_out_channels)
         levels = int(math.log2(c.temporal_compression_ratio))
         self.spatial_ratio = 2 ** (len(chans) - 1)
-        self.encoder = Encoder3D(chans, c.layers_per_block, c.latent_channels, c.norm_num_groups,
-                                 c.norm_eps, levels, prec)
+        self.encoder = Encoder3D(chans, c.layers_per_block, 2 * c.latent_channels,
+                                 c.norm_num_groups, c.norm_eps, levels, prec)
         self.decoder = Decoder3D(chans, c.layers_per_block, c.out_channels, c.norm_num_groups,
                                  c.norm_eps, levels, prec)
         # (compiled, traced): compiler options apply to top-level jits only, not under tracing

@@ -21,9 +21,12 @@ Two layers treat the first chunk specially (as the released Wan VAE / diffusers 
 Parameters (float32 by default): conv kernels `[kt, kh, kw, in, out]` (3-D) or `[kh, kw, in,
 out]` (per-frame 2-D), RMS-norm `gamma [C]`, attention `to_qkv` / `proj` as dense kernels.
 Norms and the attention softmax compute in float32; other arithmetic in the compute `dtype`.
+Every layer but the norm is a `WanLayer`: keyword-only `dtype`, `param_dtype` and `precision`,
+handed on to its sublayers (`layer_kwargs`); `run_cached` threads the cache through a sequence.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -34,15 +37,35 @@ CACHE_T = 2
 Dtype = Any
 
 
-class CausalConv3d(nn.Module):
+class WanLayer(nn.Module):
+    """Base of the layers: compute dtype, parameter dtype and conv/matmul precision."""
+
+    _: dataclasses.KW_ONLY
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @property
+    def layer_kwargs(self) -> dict:
+        """The three fields, for the sublayers."""
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+
+
+def run_cached(layers, x, cache):
+    """`x` through `layers` (named modules `(x, cache) -> (x, new cache)`) in order, each given
+    its entry of `cache` (None: the first chunk). Returns (x, {name: new cache})."""
+    cache, new = cache or {}, {}
+    for layer in layers:
+        x, new[layer.name] = layer(x, cache.get(layer.name))
+    return x, new
+
+
+class CausalConv3d(WanLayer):
     """Conv3d with kernel (kt, k, k): time padded causally (kt − 1 frames before, from the cache
     or zeros), space padded symmetrically by k // 2. Returns (y, cache) — cache None for kt = 1."""
 
     features: int
     kernel: tuple = (3, 3, 3)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x, cache=None):
@@ -81,18 +104,15 @@ class RMSNorm(nn.Module):
         return y.astype(x.dtype)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(WanLayer):
     """RMS → SiLU → causal conv → RMS → SiLU → causal conv, plus a 1×1×1 shortcut conv when the
     width changes. Cache: {"conv1", "conv2"} (their inputs' last 2 frames)."""
 
     features: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x, cache=None):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        kw = self.layer_kwargs
         cache = cache or {}
         h = x
         if x.shape[-1] != self.features:
@@ -104,19 +124,16 @@ class ResidualBlock(nn.Module):
         return y + h, {"conv1": c1, "conv2": c2}
 
 
-class AttentionBlock(nn.Module):
+class AttentionBlock(WanLayer):
     """Single-head self-attention over the H·W positions of each frame (no mixing across frames):
     RMS norm, 1×1 qkv projection (q, k, v = channel thirds), softmax(q·kᵀ/√C)·v, 1×1 output
     projection, residual. No cache."""
 
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x):
         b, t, h, w, c = x.shape
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        kw = self.layer_kwargs
         y = RMSNorm(self.param_dtype, name="norm")(x).reshape(b * t, h * w, c)
         q, k, v = jnp.split(nn.Dense(3 * c, name="to_qkv", **kw)(y), 3, axis=-1)
         logits = jnp.einsum("bqc,bkc->bqk", q, k, precision=self.precision,
@@ -127,7 +144,7 @@ class AttentionBlock(nn.Module):
         return x + y.reshape(b, t, h, w, c).astype(x.dtype)
 
 
-class Resample(nn.Module):
+class Resample(WanLayer):
     """Spatial ×2 down/up-sampling per frame, with the temporal ×2 step for the 3-D modes.
 
     * ``downsample2d`` / ``downsample3d``: zero-pad right/bottom by 1, 3×3 conv stride 2 (same
@@ -139,13 +156,10 @@ class Resample(nn.Module):
     mode: str
     features: int            # input (= downsample output) width
     out_features: int | None = None   # upsample output width (default features // 2)
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x, cache=None):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        kw = self.layer_kwargs
         c = self.features
         new_cache = None
         if self.mode == "upsample3d":
@@ -183,16 +197,13 @@ class Resample(nn.Module):
         return x, new_cache
 
 
-class MidBlock(nn.Module):
+class MidBlock(WanLayer):
     """ResidualBlock → AttentionBlock → ResidualBlock at constant width."""
 
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x, cache=None):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        kw = self.layer_kwargs
         cache = cache or {}
         c = x.shape[-1]
         x, c0 = ResidualBlock(c, name="resnets_0", **kw)(x, cache.get("resnets_0"))
@@ -201,26 +212,19 @@ class MidBlock(nn.Module):
         return x, {"resnets_0": c0, "resnets_1": c1}
 
 
-class UpBlock(nn.Module):
+class UpBlock(WanLayer):
     """Decoder level: `num_res` ResidualBlocks to `features`, then an optional Resample
     (`upsample2d` / `upsample3d` to features // 2). Cache keys: resnets_i, upsampler."""
 
     features: int
     num_res: int
     upsample: str | None = None
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x, cache=None):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
-        cache = cache or {}
-        new = {}
-        for j in range(self.num_res):
-            name = f"resnets_{j}"
-            x, new[name] = ResidualBlock(self.features, name=name, **kw)(x, cache.get(name))
+        kw = self.layer_kwargs
+        layers = [ResidualBlock(self.features, name=f"resnets_{j}", **kw)
+                  for j in range(self.num_res)]
         if self.upsample is not None:
-            x, new["upsampler"] = Resample(self.upsample, self.features, name="upsampler",
-                                           **kw)(x, cache.get("upsampler"))
-        return x, new
+            layers.append(Resample(self.upsample, self.features, name="upsampler", **kw))
+        return run_cached(layers, x, cache)

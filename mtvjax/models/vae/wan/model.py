@@ -43,7 +43,7 @@ from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, check_precis
 from mtvjax.models.layers.param_tree import abstract_params
 from mtvjax.models.layers.param_tree import count_params  # noqa: F401 (part of this module's API)
 from mtvjax.models.vae.wan.layers import (CausalConv3d, MidBlock, Resample, ResidualBlock,
-                                          RMSNorm, UpBlock)
+                                          RMSNorm, UpBlock, run_cached)
 
 FAMILY = "wan_vae"
 
@@ -181,43 +181,59 @@ def config_from_diffusers(config: Mapping, **overrides) -> WanVAEConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-class WanEncoder(nn.Module):
+class CausalCoder(nn.Module):
+    """The encoder / decoder shape: `body()` (named cached layers, conv_in first) in order, then
+    RMS norm, SiLU and the causal conv_out to `out_features`."""
+
     config: WanVAEConfig
+
+    def body(self, kw: dict) -> list:
+        raise NotImplementedError
+
+    @property
+    def out_features(self) -> int:
+        raise NotImplementedError
 
     @nn.compact
     def __call__(self, x, cache=None):
-        cfg, kw = self.config, self.config.layer_kwargs()
-        cache, new = cache or {}, {}
-        x, new["conv_in"] = CausalConv3d(cfg.base_dim, name="conv_in", **kw)(
-            x, cache.get("conv_in"))
-        for name, kind, _, cout, mode in cfg.encoder_layers():
-            layer = (ResidualBlock(cout, name=name, **kw) if kind == "res"
-                     else Resample(mode, cout, name=name, **kw))
-            x, new[name] = layer(x, cache.get(name))
-        x, new["mid_block"] = MidBlock(name="mid_block", **kw)(x, cache.get("mid_block"))
+        kw = self.config.layer_kwargs()
+        x, new = run_cached(self.body(kw), x, cache)
         x = nn.silu(RMSNorm(kw["param_dtype"], name="norm_out")(x))
-        x, new["conv_out"] = CausalConv3d(2 * cfg.z_dim, name="conv_out", **kw)(
-            x, cache.get("conv_out"))
+        x, new["conv_out"] = CausalConv3d(self.out_features, name="conv_out", **kw)(
+            x, (cache or {}).get("conv_out"))
         return x, new
 
 
-class WanDecoder(nn.Module):
-    config: WanVAEConfig
+class WanEncoder(CausalCoder):
+    """conv_in → residual blocks and downsamplers (`encoder_layers`) → mid block → head to
+    2·z_dim (mean ‖ log-variance)."""
 
-    @nn.compact
-    def __call__(self, z, cache=None):
-        cfg, kw = self.config, self.config.layer_kwargs()
-        cache, new = cache or {}, {}
-        levels = cfg.decoder_levels()
-        x, new["conv_in"] = CausalConv3d(levels[0][1], name="conv_in", **kw)(
-            z, cache.get("conv_in"))
-        x, new["mid_block"] = MidBlock(name="mid_block", **kw)(x, cache.get("mid_block"))
-        for name, _, cout, num_res, mode in levels:
-            x, new[name] = UpBlock(cout, num_res, mode, name=name, **kw)(x, cache.get(name))
-        x = nn.silu(RMSNorm(kw["param_dtype"], name="norm_out")(x))
-        x, new["conv_out"] = CausalConv3d(cfg.out_channels, name="conv_out", **kw)(
-            x, cache.get("conv_out"))
-        return x, new
+    def body(self, kw: dict) -> list:
+        cfg = self.config
+        layers = [CausalConv3d(cfg.base_dim, name="conv_in", **kw)]
+        layers += [ResidualBlock(cout, name=name, **kw) if kind == "res"
+                   else Resample(mode, cout, name=name, **kw)
+                   for name, kind, _, cout, mode in cfg.encoder_layers()]
+        return layers + [MidBlock(name="mid_block", **kw)]
+
+    @property
+    def out_features(self) -> int:
+        return 2 * self.config.z_dim
+
+
+class WanDecoder(CausalCoder):
+    """conv_in → mid block → up blocks (`decoder_levels`) → head to out_channels."""
+
+    def body(self, kw: dict) -> list:
+        levels = self.config.decoder_levels()
+        return ([CausalConv3d(levels[0][1], name="conv_in", **kw),
+                 MidBlock(name="mid_block", **kw)]
+                + [UpBlock(cout, num_res, mode, name=name, **kw)
+                   for name, _, cout, num_res, mode in levels])
+
+    @property
+    def out_features(self) -> int:
+        return self.config.out_channels
 
 
 class WanVAE(nn.Module):
