@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 from conftest import load_config
-from mtvjax.tools import ablate
+from mtvjax.tools import ablate, ablation_rows
 
 BAD_ROW = dict(name="bad_key", base="tokenizer", overrides={"model.no_such_switch": 1})
 
@@ -84,19 +84,19 @@ def test_print_commands_for_the_launch_scripts(smoke, capsys):
 
 def test_overrides_and_row_selection():
     base = load_config("4dmot.py", "tiny")
-    out = ablate.apply_overrides(base, {"quantizer.enabled": False, "data.frame_counts": [33]})
+    out = ablation_rows.apply_overrides(base, {"quantizer.enabled": False, "data.frame_counts": [33]})
     assert out.quantizer.enabled is False and out.data.frame_counts == (33,)
     assert base.quantizer.enabled is True                       # the base is not modified
     for key in ("model.motion_pe", "nosection.key"):
-        with pytest.raises(ablate.UnknownConfigKey, match=key):
-            ablate.apply_overrides(base, {key: "4d"})
+        with pytest.raises(ablation_rows.UnknownConfigKey, match=key):
+            ablation_rows.apply_overrides(base, {key: "4d"})
     with pytest.raises(TypeError):
-        ablate.apply_overrides(base, {"quantizer.enabled": "yes"})
+        ablation_rows.apply_overrides(base, {"quantizer.enabled": "yes"})
     rows = load_config("ablate.py", "tokenizer").rows
-    assert [r["name"] for r in ablate.select_rows(rows, "1,quant_3d")] == ["no_quant", "quant_3d"]
+    assert [r["name"] for r in ablation_rows.select_rows(rows, "1,quant_3d")] == ["no_quant", "quant_3d"]
     with pytest.raises(ValueError):
-        ablate.select_rows(rows, "nope")
+        ablation_rows.select_rows(rows, "nope")
     for variant in ("tokenizer", "pe", "isa", "smoke"):
         config = load_config("ablate.py", variant)
-        ablate._check_rows(config.rows)
-        assert config.rows and all(r["base"] in ablate.FAMILIES for r in config.rows)
+        ablation_rows.check_rows(config.rows)
+        assert config.rows and all(r["base"] in ablation_rows.FAMILIES for r in config.rows)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -49,104 +48,12 @@ from mtvjax.cli_runner import run_command
 from mtvjax.config import check_train_config, load_config
 from mtvjax.errors import UsageError
 from mtvjax.models.layers.param_tree import count_params
+from mtvjax.tools.ablation_rows import (apply_overrides, check_rows, fingerprint, row_overrides,
+                                        select_rows)
 
-FAMILIES = ("tokenizer", "mvdit")
 ROW_FILE = "row.json"
 SETTINGS_FILE = "settings.json"
 MANIFEST = "manifest.json"
-
-
-class UnknownConfigKey(UsageError, KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# Config overrides
-# ----------------------------------------------------------------------------------------------
-
-
-def flatten(tree, prefix: str = "") -> dict:
-    """Nested dict / ConfigDict → {"a.b.c": value}."""
-    items = tree.items() if hasattr(tree, "items") else []
-    out = {}
-    for key, value in items:
-        name = f"{prefix}{key}"
-        if isinstance(value, (dict, ml_collections.ConfigDict)):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: dict) -> ml_collections.ConfigDict:
-    """A copy of `config` with `overrides` ({"a.b": value}) set; unknown keys raise
-    `UnknownConfigKey`, a value of the wrong type the ConfigDict's TypeError."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for depth, part in enumerate(parents):
-            child = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-            if not isinstance(child, ml_collections.ConfigDict):
-                raise UnknownConfigKey(f"unknown config key {key!r} "
-                                       f"(no section {'.'.join(parents[:depth + 1])!r})")
-            node = child
-        if leaf not in node:
-            raise UnknownConfigKey(f"unknown config key {key!r}")
-        node[leaf] = tuple(value) if isinstance(value, list) else value
-    return config
-
-
-def row_overrides(config, row: dict, paths: dict) -> dict:
-    """Every override a row's run gets: family preset, data, steps, then the row's own."""
-    family = row["base"]
-    out = flatten(config.presets[family]) if family in config.presets else {}
-    out["train.num_steps"] = int(config.steps)
-    if family == "tokenizer":
-        motion = paths.get("motion", "")
-        out.update({"data.source": "shards", "data.path": motion,
-                    "data.val_path": os.path.join(motion, "val"),
-                    "normalization.mean_path": os.path.join(motion, "mean.npy"),
-                    "normalization.std_path": os.path.join(motion, "std.npy")})
-    else:
-        latents = paths.get("latents", "")
-        out.update({"data.source": "shards", "data.path": latents, "data.val_path": latents})
-    out.update(row.get("overrides") or {})
-    return out
-
-
-def fingerprint(base: str, overrides: dict) -> str:
-    text = json.dumps({"base": base, "overrides": overrides}, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def select_rows(rows, only: str) -> list[dict]:
-    """The rows named (or indexed) in the comma-separated `only`; all rows when empty."""
-    if not only:
-        return list(rows)
-    names = [r["name"] for r in rows]
-    chosen = []
-    for token in str(only).split(","):
-        token = token.strip()
-        if token.isdigit() and token not in names:
-            if int(token) >= len(rows):
-                raise ValueError(f"row index {token} out of range (0..{len(rows) - 1})")
-            token = names[int(token)]
-        if token not in names:
-            raise ValueError(f"unknown row {token!r}; rows: {', '.join(names)}")
-        chosen.append(rows[names.index(token)])
-    return chosen
-
-
-def _check_rows(rows) -> None:
-    names = [r["name"] for r in rows]
-    if len(set(names)) != len(names):
-        raise ValueError(f"row names must be unique: {names}")
-    for r in rows:
-        if r["base"] not in FAMILIES:
-            raise ValueError(f"row {r['name']}: base {r['base']!r} is not one of {FAMILIES}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,7 +360,7 @@ def run_ablation(config, workdir: str | os.PathLike | None = None) -> dict:
     """Runs (or collects) the grid of `config` in `workdir`; returns {"rows": [...], "table"}."""
     workdir = Path(workdir or default_workdir(config)).absolute()
     rows = list(config.rows)
-    _check_rows(rows)
+    check_rows(rows)
     chosen = select_rows(rows, config.only)
     paths = prepare_paths(config, workdir)        # every row's fingerprint uses these
     if not config.collect_only:
