@@ -96,3 +96,15 @@ def check_train_values(config) -> None:
     frames = _get(config, "data.frame_counts")
     if frames is not None and (not frames or min(frames) < 1):
         raise ConfigError(f"config.data.frame_counts={tuple(frames)}: needs positive frame counts")
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """Nested dict / ConfigDict → {"a.b.c": value} (lists and tuples stay values)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -2,9 +2,8 @@
 
 `UserError` is the project's base class for expected failures; `UsageError` (bad flags or config,
 exit status 2) derives from it. `classify(error)` tells whether any exception is expected — those
-print one line and exit non-zero — or a bug, which keeps its traceback. The library's own error
-classes are named here as strings and looked up in `sys.modules` only, so this module imports
-nothing of the project and every layer may use it.
+print one line and exit non-zero — or a bug, which keeps its traceback. This module imports
+nothing of the project, so every layer may derive its errors from `UserError`.
 """
 from __future__ import annotations
 
@@ -33,8 +32,6 @@ class ConfigError(UsageError, ValueError):
     """A config value that cannot work (unknown key, wrong type, batch size 0, ...)."""
 
 
-# Expected errors of the library that do not derive from ValueError (`module:Class`).
-NAMED_EXPECTED = ("mtvjax.data.safe_pickle:UnsafePickleError",)
 OS_EXPECTED = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
                PermissionError)
 ERRNO_EXPECTED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOENT, errno.EACCES,
@@ -42,15 +39,6 @@ ERRNO_EXPECTED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENOENT, errno.E
 MAX_CHARS = 600    # of a one-line message
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROJECT_DIRS = tuple(os.path.join(_ROOT, d) + os.sep for d in ("mtvjax", "data_pipeline", "configs"))
-
-
-def _named_types() -> tuple[type, ...]:
-    types = []
-    for spec in NAMED_EXPECTED:
-        module, _, name = spec.partition(":")
-        if module in sys.modules and hasattr(sys.modules[module], name):
-            types.append(getattr(sys.modules[module], name))
-    return tuple(types)
 
 
 def raised_by_project(error: BaseException) -> bool:
@@ -64,14 +52,12 @@ def classify(error: BaseException) -> int | None:
 
     Expected: `UserError`; missing/unwritable paths and full disks (`OSError` with an errno);
     `ValueError`s the project raises on purpose (config validation, the loaders' format errors,
-    `ConversionError`, `CheckpointError`, ...); the named library errors above.
+    `ConversionError`, `CheckpointError`, ...).
     """
     if isinstance(error, UserError):
         return error.exit_code
     if isinstance(error, OS_EXPECTED) or (isinstance(error, OSError)
                                           and error.errno in ERRNO_EXPECTED):
-        return EXIT_DATA
-    if isinstance(error, _named_types()):
         return EXIT_DATA
     if isinstance(error, ValueError) and raised_by_project(error):
         return EXIT_DATA

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+from mtvjax.errors import UserError
+
 
 class MotionFormatError(ValueError):
     """A motion file (or one clip in it) cannot be used; the message starts with its source."""
@@ -18,5 +20,5 @@ class LimitExceededError(MotionFormatError):
     """A file describes more data, nesting or entries than the loader's bounds allow."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, UserError):
     """The pickle references something other than plain data."""

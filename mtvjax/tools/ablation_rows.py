@@ -8,6 +8,7 @@ import os
 
 import ml_collections
 
+from mtvjax.config import flatten
 from mtvjax.errors import UsageError
 
 FAMILIES = ("tokenizer", "mvdit")
@@ -16,19 +17,6 @@ FAMILIES = ("tokenizer", "mvdit")
 class UnknownConfigKey(UsageError, KeyError):
     def __str__(self) -> str:
         return self.args[0]
-
-
-def flatten(tree, prefix: str = "") -> dict:
-    """Nested dict / ConfigDict → {"a.b.c": value}."""
-    items = tree.items() if hasattr(tree, "items") else []
-    out = {}
-    for key, value in items:
-        name = f"{prefix}{key}"
-        if isinstance(value, (dict, ml_collections.ConfigDict)):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def apply_overrides(config: ml_collections.ConfigDict,

@@ -17,6 +17,7 @@ import jax
 from etils import epath
 
 from mtvjax.checkpoint.manager import Checkpointer, config_to_json
+from mtvjax.config import flatten
 
 # Command switches, not part of a run's definition: never compared.
 IGNORED = ("resume", "train.allow_config_change")
@@ -35,18 +36,6 @@ class ConfigChangeError(ValueError):
 
 def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """Nested config JSON → {"section.key": value} (lists stay values)."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def config_diff(old: dict, new: dict) -> dict[str, tuple]:
