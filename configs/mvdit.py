@@ -128,6 +128,8 @@ def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
         synthetic_frames=49,       # pixel frames per window (8k + 1); latent frames 1 + (n-1)/4
         synthetic_latent_size=(64, 64),
         synthetic_text_rows=0,     # rows of a per-motion-kind text embedding (0: no text)
+        # rows of per-clip stand-in CLIP-image features (families with an image branch)
+        synthetic_image_rows=257 if family.HAS_IMAGE else 0,
         # projection: stand-in motion tokens (fixed random projection of the joints) in the
         # items; none: tokens come from the frozen 4DMoT (motion.tokenizer_checkpoint)
         synthetic_tokens="projection",
@@ -147,9 +149,20 @@ def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
         weight_decay=1e-2,
         grad_clip_norm=1.0,        # 0 disables clipping
         grad_accum_steps=1,        # micro-batches per step (data.batch_size divides by it)
-        # all | motion: only the motion attention (+ unconditional motion tokens); the other
-        # parameters are frozen (kept bit-identical, no optimiser state, no gradients).
+        # all | motion: only the motion attention (+ unconditional motion tokens) | lora: only
+        # low-rank adapters (optim.lora) on the frozen model; frozen parameters are kept
+        # bit-identical, with no optimiser state and no gradients.
         trainable=family.DEFAULT_TRAINABLE,
+        # trainable="lora" (mtvjax/train/lora.py): W + (alpha/rank)·A@B on the kernels whose
+        # "/"-joined path matches a regex of `targets`; default: the attention projections
+        # (cogvideox attn1 self / attn0 motion q,k,v,out; wan self_attn, cross_attn (text),
+        # motion_attn q,k,v,o)
+        lora=ml_collections.ConfigDict(dict(
+            rank=16,
+            alpha=16.0,
+            targets=(r"(^|/)attn[01]/to_(q|k|v|out)/kernel$",
+                     r"(^|/)(self_attn|cross_attn|motion_attn)/(q|k|v|o)/kernel$"),
+        )),
     ))
     c.train = ml_collections.ConfigDict(dict(
         num_steps=100_000,
@@ -172,6 +185,7 @@ def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
         c.data.synthetic_frames = 9
         c.data.synthetic_latent_size = (8, 8)
         c.data.synthetic_text_rows = 4 if family.HAS_TEXT else 0
+        c.data.synthetic_image_rows = 4 if family.HAS_IMAGE else 0
         c.optim.learning_rate = 1e-3
         c.optim.warmup_steps = 10
         c.train.num_steps = 200

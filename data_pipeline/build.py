@@ -64,15 +64,13 @@ def conform_fps(record: MotionRecord, target_fps: float) -> MotionRecord:
     return make_record(
         resample_linear(record.motion, record.fps, target_fps), target_fps, record.source_id,
         video_path=record.video_path, convention=record.convention,
-        frame_indices=None if record.frame_indices is None else record.frame_indices[nearest],
+        video_length=record.video_length, frame_indices=None if record.frame_indices is None else record.frame_indices[nearest],
         confidence=None if conf is None else resample_linear(conf, record.fps, target_fps))
 
 
 def video_payload(record: MotionRecord, key: str, video, seed: int) -> np.ndarray | None:
-    """What the record stores of its video besides the reference: pixels, or nothing.
-
-    This is where VAE latents would go (see `data_pipeline.readers.video`).
-    """
+    """What the record stores of its video besides the reference: pixels, or nothing (VAE
+    latents are a separate build, `data_pipeline.video_latents`)."""
     if video.store == "reference" or record.video_path is None:
         return None
     if record.frame_indices is None:
@@ -83,8 +81,8 @@ def video_payload(record: MotionRecord, key: str, video, seed: int) -> np.ndarra
 
 def _check_config(config) -> None:
     if config.video.store not in VIDEO_STORES:
-        hint = (" (encoding clips with the video VAEs is not wired into the build yet; store "
-                "pixels or the reference)"
+        hint = (" (VAE latents of video windows are built by `python -m data_pipeline.latents "
+                "--config configs/data/real_videos.py`; store pixels or the reference here)"
                 if config.video.store == "latents" else "")
         raise ValueError(f"video.store must be one of {VIDEO_STORES}, got {config.video.store!r}{hint}")
     if not 0.0 <= config.val_fraction < 1.0:

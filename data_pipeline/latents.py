@@ -2,6 +2,11 @@
 
     python -m data_pipeline.latents --config configs/data/synthetic_latents.py[:VARIANT] \
         [--config.output=DIR ...]
+    python -m data_pipeline.latents --config configs/data/real_videos.py:VARIANT [...]
+
+A config with `latents.renderer="vae"` (configs/data/real_videos.py) encodes real video windows
+cut by their pose files with the family's video VAE: `data_pipeline.video_latents`. The rest of
+this docstring is about the motion-only ("synthetic") build.
 
 Each training sample is one window of `frames` motion frames (8k + 1, so the ×4 causal video
 VAE and 4DMoT both give F = 1 + (frames − 1)/4 latent frames) cut from a motion clip (the
@@ -11,13 +16,14 @@ read back by `mtvjax.data.latent_shard_source`):
 
 * video latents `[F, H, W, C]` and reference latents `[1, H, W, C]`: `latents.renderer`
   "synthetic" renders them from the motion (`mtvjax.data.synthetic_latents.render_latents`:
-  joint blobs + a per-clip appearance code). Encoding real video windows with the converted
-  video VAEs ("vae") is not wired yet and is refused.
+  joint blobs + a per-clip appearance code).
 * motion tokens (`tokens.kind`): "tokenizer" runs a 4DMoT checkpoint over the windows
   (quantised codebook vectors `[F·24, code_dim]`, as the frozen 4DMoT inside the train step
   would); "projection" stores stand-in tokens (`projected_tokens`); "none" stores none (the
   trainer then needs `motion.tokenizer_checkpoint`).
-* text (`text.rows` > 0, synthetic motion only): a fixed embedding per motion kind.
+* text (`text.rows` > 0, synthetic motion only): a fixed embedding per motion kind; image
+  (`image.rows` > 0, synthetic motion only): fixed stand-in CLIP features per clip (the 17B's
+  image branch needs them).
 * first-frame joints `[24, 3]` mm (`first_joints`, the window's first motion frame, i.e. the
   reference image's pose): the positions of MV-DiT's `motion_pe="dynamic"` RoPE.
 
@@ -40,12 +46,15 @@ import numpy as np
 from mtvjax.data.latent_records import encode_latent_record, latent_frames_for
 from mtvjax.data.latent_shard_source import KIND, MANIFEST_VERSION
 from mtvjax.data.stats import compute_stats
-from mtvjax.data.synthetic_latents import kind_text, projected_tokens, render_latents, window_start
+from mtvjax.data.synthetic_latents import (clip_image, kind_text, projected_tokens, render_latents,
+                                          window_start)
 
+from data_pipeline import video_latents
 from data_pipeline.command import run_build_command
+from data_pipeline.motion_tokens import tokenize_windows
 from data_pipeline.shard_writer import SPLITS, SplitWriter, clip_split, write_dataset
 
-RENDERERS = ("synthetic",)
+RENDERERS = ("synthetic", "vae")
 TOKEN_KINDS = ("projection", "tokenizer", "none")
 LATENT_DTYPES = {"float32": "<f4", "float16": "<f2"}
 
@@ -62,10 +71,8 @@ def motion_source(config):
 
 def _check(config) -> None:
     if config.latents.renderer not in RENDERERS:
-        hint = (" (encoding real video windows with the video VAEs is not wired yet)"
-                if config.latents.renderer == "vae" else "")
         raise ValueError(f"latents.renderer must be one of {RENDERERS}, got "
-                         f"{config.latents.renderer!r}{hint}")
+                         f"{config.latents.renderer!r}")
     if config.tokens.kind not in TOKEN_KINDS:
         raise ValueError(f"tokens.kind must be one of {TOKEN_KINDS}, got {config.tokens.kind!r}")
     if config.tokens.kind == "tokenizer" and not config.tokens.tokenizer_checkpoint:
@@ -90,12 +97,6 @@ def iter_windows(config, source):
                          for w in range(config.windows_per_clip)})
         for start in starts:
             yield clip.name, start, motion[start:start + config.frames]
-
-
-def tokenize_windows(tokenizer, windows: np.ndarray) -> np.ndarray:
-    """`[N, T, 24, 3]` mm → `[N, F·24, code_dim]` quantised 4DMoT vectors."""
-    quantized = tokenizer.tokenize(windows)["quantized"]
-    return quantized.reshape(quantized.shape[0], -1, quantized.shape[-1]).astype(np.float32)
 
 
 def _write(config, tmp: Path) -> dict:
@@ -130,9 +131,12 @@ def _write(config, tmp: Path) -> dict:
         text = None
         if config.text.rows and config.motion.source == "synthetic":
             text = kind_text(name.rsplit("-", 1)[-1], config.text.rows, config.text.dim)
+        image = None
+        if config.image.rows and config.motion.source == "synthetic":
+            image = clip_image(name, config.image.rows, config.image.dim)
         writers[split].write(encode_latent_record(
             key=key, source_id=name, latents=latents, ref_latents=ref, motion=motion,
-            motion_tokens=window_tokens, text=text, latent_dtype=dtype,
+            motion_tokens=window_tokens, text=text, image=image, latent_dtype=dtype,
             first_joints=motion[0]))
         width = None if window_tokens is None else int(window_tokens.shape[1])
         index[split].append({"key": key, "source_id": name, "start": int(start),
@@ -154,13 +158,19 @@ def _write(config, tmp: Path) -> dict:
 
 
 def build(config) -> dict:
-    """Builds the latent dataset `config` describes into `config.output`; returns its manifest."""
+    """Builds the latent dataset `config` describes into `config.output`; returns its manifest
+    (renderer "vae": see `data_pipeline.video_latents.build`)."""
+    if config.latents.renderer == "vae":
+        return video_latents.build(config)
     _check(config)
     return write_dataset(config.output, KIND, lambda folder: _write(config, folder))
 
 
 def report(config, manifest: dict) -> None:
     """Prints the skipped motion (stderr) and one line of counts."""
+    if config.latents.renderer == "vae":
+        video_latents.report(config, manifest)
+        return
     for error in manifest["errors"]:
         print(f"skipped: {error}", file=sys.stderr)
     counts = ", ".join(f"{s}: {v['records']} windows" for s, v in manifest["splits"].items())

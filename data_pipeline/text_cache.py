@@ -1,4 +1,4 @@
-"""Writing a dataset's prompt-embedding cache: each distinct prompt encoded once (not wired yet).
+"""Writing a dataset's prompt-embedding cache: each distinct prompt encoded once.
 
 What it does: given a dataset's manifest and per-clip prompts, `text_step` encodes every
 **distinct** prompt (and the negative prompt) once with umT5 (or looks it up in embeddings made
@@ -13,16 +13,19 @@ already-built dataset and rewrites its manifest.
 
 Prompts come from `prompts` (a JSON object `{key: prompt}`, JSON lines
 `{"key": ..., "prompt": ...}` or `key<TAB>prompt` lines; a clip is looked up by its record key,
-then its source_id, then its video path) and otherwise `default_prompt`.
+then its clip key, then its source_id, then its video path) and otherwise `default_prompt`.
+`make_encoder` gives umT5 from a converted checkpoint, or the embeddings of an `.npz`
+`{prompt: [L, dim]}` (`embeddings`); `cached_encoder` looks prompts up in caches already written.
 
-Status: no build step calls this yet. `data_pipeline.build` and `data_pipeline.latents` do not
-run `text_step` (the synthetic latent build stores its own fixed per-kind text features), and
-no trainer reads `DatasetText`; only the tests exercise it. The real-video training issue wires
-it in: `text_step(config.text, tmp, manifest)` in the build after the shards are written and
-before the manifest is saved, and the MV-DiT data source reading `DatasetText`.
+Used by the real-video latent build (`data_pipeline.video_latents`): each part encodes its
+clips' distinct captions once into its own cache (`encode_prompts`), its records carry the
+embeddings as `text`, and the merge writes the dataset's cache from the parts' (`text_step`
+with `cached_encoder`). Trainers read the records' `text`; `DatasetText` reads the cache (the
+negative prompt's embedding is there).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +55,7 @@ def default_config():
         dtype="bfloat16",            # encoder compute dtype (the released pipeline's bf16)
         batch_size=4,                # prompts per encoder call
         prompts="",                  # JSON / JSONL / TSV file of per-clip prompts
+        embeddings="",               # .npz {prompt: [L, dim]} made elsewhere, instead of umT5
         default_prompt=DEFAULT_PROMPT,   # for clips without one ("" = such clips are an error)
         negative_prompt=NEGATIVE_PROMPT,
         store_dtype="float32",       # float32 | float16
@@ -224,12 +228,12 @@ def load_prompts(path) -> dict[str, str]:
 def resolve_prompts(entries: Iterable[Mapping], prompts: Mapping[str, str] | None,
                     default: str | None) -> tuple[dict[str, str], list[str]]:
     """(`{record key: prompt}`, keys that got `default`) for manifest index entries: the prompt
-    listed under the record's key, else its source_id, else its video path, else `default` (an
-    error if empty)."""
+    listed under the record's key, else its clip key, else its source_id, else its video path,
+    else `default` (an error if empty)."""
     prompts = prompts or {}
     out, missing, defaulted = {}, [], []
     for e in entries:
-        for name in ("key", "source_id", "video_path"):
+        for name in ("key", "clip", "source_id", "video_path"):
             value = e.get(name)
             if value is not None and value in prompts:
                 out[e["key"]] = prompts[value]
@@ -246,13 +250,41 @@ def resolve_prompts(entries: Iterable[Mapping], prompts: Mapping[str, str] | Non
     return out, defaulted
 
 
-def _make_encoder(config):
-    from mtvjax.models.encoders.umt5 import TextEncoder
+def make_encoder(config):
+    """The prompt encoder of a `text` section: the `.npz` of `embeddings` (`{prompt: [L, dim]}`,
+    encoder id from its bytes) or umT5 from `encoder` / `tokenizer` (weights read on first use)."""
+    if config.get("embeddings"):
+        path = Path(config.embeddings)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                embeddings = {k: np.asarray(data[k]) for k in data.files}
+        except (OSError, ValueError) as e:
+            raise TextCacheError(f"{path}: not an .npz of prompt embeddings ({e})") from None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        return PrecomputedEncoder(embeddings, f"precomputed:{digest}")
+    from mtvjax.models.encoders.load import text_encoder_from_checkpoint
     if not config.encoder or not config.tokenizer:
-        raise ValueError("text.encoder (a convert_umt5 checkpoint) and text.tokenizer (the umT5 "
-                         "tokenizer folder) are needed to encode prompts")
-    return TextEncoder.from_checkpoint(config.encoder, config.tokenizer, dtype=config.dtype,
-                                       batch_size=config.batch_size)
+        raise ValueError("a umT5 checkpoint (convert_umt5) and the umT5 tokenizer folder are "
+                         "needed to encode prompts, or an .npz of precomputed embeddings")
+    return text_encoder_from_checkpoint(config.encoder, config.tokenizer, dtype=config.dtype,
+                                        batch_size=config.batch_size)
+
+
+def cached_encoder(folders) -> PrecomputedEncoder:
+    """An encoder answering from the entries of the text caches `folders` (all written by one
+    encoder), so a merged dataset's cache needs no encoding."""
+    embeddings, ids = {}, set()
+    for folder in folders:
+        cache = TextCache(folder)
+        ids.add(cache.encoder_id)
+        for key in cache.keys():
+            entry = cache.entry(key)
+            embeddings[entry["prompt"]] = entry["embedding"]
+        cache.close()
+    if len(ids) != 1:
+        raise TextCacheError(f"text caches of {len(ids)} encoders ({sorted(map(str, ids))}); "
+                             "build all parts with one text encoder")
+    return PrecomputedEncoder(embeddings, ids.pop())
 
 
 def text_step(config, root, manifest: dict, encoder=None, previous=None) -> dict | None:
@@ -265,7 +297,7 @@ def text_step(config, root, manifest: dict, encoder=None, previous=None) -> dict
     if not config.get("enabled", False):
         return None
     if encoder is None:
-        encoder = _make_encoder(config)
+        encoder = make_encoder(config)
     entries = [e for split in sorted(manifest["index"]) for e in manifest["index"][split]]
     prompts = load_prompts(config.prompts) if config.get("prompts") else {}
     per_record, defaulted = resolve_prompts(entries, prompts, config.get("default_prompt"))

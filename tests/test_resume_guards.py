@@ -38,6 +38,14 @@ def test_diff_separates_harmless_keys_from_guarded_ones():
     assert guarded_keys(diff) == ["data.path", "optim.learning_rate"]
 
 
+def test_keys_new_since_the_checkpoint_are_accepted_but_removed_keys_are_guarded():
+    old = {"optim": {"trainable": "all", "b1": 0.9}}
+    new = {"optim": {"trainable": "all", "lora": {"rank": 16, "targets": ["q"]}}}
+    diff = config_diff(old, new)
+    assert diff["optim.lora.rank"][0] == "<absent>" and "optim.b1" in diff
+    assert guarded_keys(diff) == ["optim.b1"]
+
+
 def test_changed_learning_rate_and_batch_size_refuse_to_resume(workdir):
     before = read_config(str(workdir / "checkpoints"))
     with pytest.raises(ConfigChangeError) as error:

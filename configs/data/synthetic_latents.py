@@ -31,7 +31,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.frames = 49                  # pixel frames per window: 8k + 1 (49 -> 13 latent frames)
     c.windows_per_clip = 1
     c.latents = ml_collections.ConfigDict(dict(
-        renderer="synthetic",      # synthetic (joint blobs + appearance); "vae" not wired yet
+        renderer="synthetic",      # synthetic (joint blobs + appearance); real videos: real_videos.py
         size=(64, 64),             # latent H, W (= video / 8)
         channels=16,
         dtype="float32",           # float32 | float16 on disk (read back as float32)
@@ -42,6 +42,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         tokenizer_checkpoint="",   # tokenizer: a 4DMoT checkpoint folder
     ))
     c.text = ml_collections.ConfigDict(dict(rows=0, dim=4096))
+    c.image = ml_collections.ConfigDict(dict(rows=0, dim=1280))   # stand-in CLIP rows (17B)
     c.val_fraction = 0.1
     c.seed = 0
     c.shard_records = 256
@@ -54,6 +55,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         if variant == "tiny17b":
             c.tokens.width = 64
             c.text = ml_collections.ConfigDict(dict(rows=4, dim=64))
+            c.image.rows = 4
     elif variant != "7b":
         raise ValueError(f"unknown variant {variant!r}: use 7b, tiny or tiny17b")
     return c

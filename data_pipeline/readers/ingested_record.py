@@ -30,6 +30,7 @@ class MotionRecord:
       convention: "smpl" (joints where SMPL regresses them) or "mocap" (a mocap rig's joints).
       frame_counts: for raw per-frame NLF output, the counted per-frame decisions
         (`mtvjax.data.detections.COUNT_KEYS`); summed over a file's records they are the file's.
+      video_length: the frame count of the video the file states (`video_length`), if any.
     """
 
     motion: np.ndarray
@@ -40,6 +41,7 @@ class MotionRecord:
     confidence: np.ndarray | None = None
     convention: str = "smpl"
     frame_counts: dict | None = None
+    video_length: int | None = None
 
     @property
     def num_frames(self) -> int:

@@ -93,5 +93,6 @@ def load_nlf_pickle(path: str | os.PathLike, fps: float | None = None, default_f
         video = _resolve_video(clip.video_path, pkl_dir)
         records.append(make_record(
             clip.motion, _pick_fps(fps, default_fps, video, clip.fps), sid, video_path=video,
-            frame_indices=clip.frame_indices, convention="smpl", frame_counts=clip.counts))
+            frame_indices=clip.frame_indices, convention="smpl", frame_counts=clip.counts,
+            video_length=clip.video_length))
     return records

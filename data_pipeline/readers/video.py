@@ -7,13 +7,12 @@ PyAV) to the smallest size that covers the bucket, then cropped to it at one off
 drawn from a generator seeded by the build seed and the clip's key, so a rebuild gives the same
 pixels.
 
-VAE latents: DiT training should read latents, not decode pixels. The video VAEs exist
-(`mtvjax.models.vae.cogvideox.model`, `vae_wan`), but encoding these clips into latent records is not
-wired yet, so builds store pixels (`video.store="pixels"`) or only the video reference and frame
-indices (`"reference"`). The hook is `data_pipeline.build.video_payload`: it would encode the
-`[frames, H, W, 3]` pixels returned by `clip_frames` and store them with a new `frames_kind` of
-the record schema (`mtvjax.data.motion_records.FRAMES_KINDS`); until then `store="latents"` is
-refused.
+VAE latents: DiT training reads latents, not pixels. The latent build
+(`python -m data_pipeline.latents --config configs/data/real_videos.py`,
+`data_pipeline.video_windows` / `video_latents`) cuts windows and crops with these functions and
+encodes them with the family's video VAE into latent records. Motion-shard builds
+(`data_pipeline.build`) store pixels (`video.store="pixels"`) or only the video reference and
+frame indices (`"reference"`); `store="latents"` there is refused.
 """
 from __future__ import annotations
 

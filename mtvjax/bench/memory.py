@@ -18,9 +18,11 @@ device, for each remat policy:
 
 XLA:CPU has no flash attention, and the plain XLA attention would materialise [heads, S, S]
 logits (S = 13,312 tokens at 49×512×512: 34 GB per layer for 48 heads). The benchmark therefore
-registers `chunked_remat` attention: queries in chunks of `--attention-chunk`, each chunk's
-attention rematerialised in the backward pass, so attention temporaries are one chunk's
-[heads, chunk, S] logits (the role cuDNN flash attention plays on GPU, which needs none).
+sets the model's attention to "chunked" (`mtvjax.models.layers.chunked_attention`, chunk
+`--attention-chunk`, stored as `model.attention_chunk`): each query chunk's attention is
+rematerialised in the backward pass, so attention temporaries are one chunk's [heads, chunk, S]
+logits (the role cuDNN flash attention plays on GPU). The batch sharding survives the chunk loop
+without constraints (Shardy, jax 0.10).
 """
 from __future__ import annotations
 
@@ -44,45 +46,6 @@ def parse_mesh(spec: str) -> dict[str, int]:
     return sizes
 
 
-def register_chunked_attention(chunk: int, batch_sharding=None):
-    """Registers `chunked_remat`: q-chunked attention, each chunk under `jax.checkpoint`.
-
-    `batch_sharding` (a NamedSharding of a 1-D batch) pins q, k, v and each chunk to the batch
-    sharding: without it the partitioner loses the batch axis through the chunk loop and every
-    device computes the whole global batch's attention."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from mtvjax.models.layers.attention import register_attention_implementation
-
-    def pin(x, lead: int):
-        if batch_sharding is None:
-            return x
-        spec = (None,) * lead + tuple(batch_sharding.spec) + (None,) * (x.ndim - lead - 1)
-        return jax.lax.with_sharding_constraint(
-            x, NamedSharding(batch_sharding.mesh, PartitionSpec(*spec)))
-
-    def attention(q, k, v, *, bias=None, mask=None, scale=None):
-        b, t, n, h = q.shape
-        if t <= chunk or bias is not None or mask is not None or t % chunk:
-            return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
-                                                implementation="xla")
-        q, k, v = pin(q, 0), pin(k, 0), pin(v, 0)
-
-        @jax.checkpoint
-        def one(qi):
-            out = jax.nn.dot_product_attention(pin(qi, 0), k, v, scale=scale,
-                                               implementation="xla")
-            return pin(out, 0)
-
-        qc = pin(jnp.moveaxis(q.reshape(b, t // chunk, chunk, n, h), 1, 0), 1)
-        out = pin(jax.lax.map(one, qc), 1)
-        return pin(jnp.moveaxis(out, 0, 1).reshape(b, t, n, h), 0)
-
-    register_attention_implementation("chunked_remat", attention, overwrite=True)
-
-
 def shard_bytes(tree) -> int:
     """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
     import jax
@@ -95,7 +58,7 @@ def shard_bytes(tree) -> int:
 
 
 def analyse(config, mesh_sizes: dict, frames: int, height: int, width: int,
-            batch_per_device: int, attention_chunk: int = 512) -> dict:
+            batch_per_device: int) -> dict:
     """Lowers and compiles the train step of `config` on the simulated mesh; returns figures."""
     import functools
 
@@ -114,7 +77,6 @@ def analyse(config, mesh_sizes: dict, frames: int, height: int, width: int,
     config, _ = fit_config(config, {"latents": np.zeros((f, 1, 1, 1))})
     mesh = make_mesh(mesh_sizes)
     rules = tuple(tuple(r) for r in config.sharding_rules)
-    register_chunked_attention(attention_chunk, named_sharding(mesh, ("batch",), rules))
     model = steps.build_model(config)
     tx = steps.make_optimizer(config)
     init = functools.partial(steps.init_state, config, model, tx)
@@ -188,9 +150,9 @@ def main(argv=None):
         config.remat = remat
         if args.dtype:
             config.train.dtype = args.dtype
-        config.model[registry.of(config).ATTENTION_FIELD] = "chunked_remat"
-        r = analyse(config, sizes, args.frames, args.height, args.width, args.batch_per_device,
-                    args.attention_chunk)
+        config.model[registry.of(config).ATTENTION_FIELD] = "chunked"
+        config.model.attention_chunk = args.attention_chunk
+        r = analyse(config, sizes, args.frames, args.height, args.width, args.batch_per_device)
         rows.append((remat, r))
         print(f"{remat}: {r['num_params']:,} params ({r['num_trainable']:,} trained), "
               f"global batch {r['global_batch']}, latents {r['latent_shape']}, "

@@ -11,7 +11,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from mtvjax.data.latent_records import FIRST_JOINTS
+from mtvjax.data.latent_records import FIRST_JOINTS, LATENTS_LOGVAR
 from mtvjax.data.loader import index_batches
 from mtvjax.data.text_embeddings import pad_rows
 
@@ -21,8 +21,9 @@ class LatentBatchBuilder:
     """This process's block of one global batch of latent items (a Grain map, deterministic).
 
     Returns `latents`, `ref_latents`, `motion`, `first_joints` `[b, 24, 3]` (an item's own, else
-    its `motion[0]`) and, where every item has them, `motion_tokens`, `text` (+ `text_lens`,
-    zero-padded to `text_rows` or the longest) and `image`.
+    its `motion[0]`) and, where every item has them, `latents_logvar`, `motion_tokens`, `text`
+    (+ `text_lens`, zero-padded to `text_rows` or the longest) and `image`. A batch where only
+    some items have `latents_logvar` is refused (posterior sampling cannot be per item).
     """
 
     source: object
@@ -42,6 +43,15 @@ class LatentBatchBuilder:
         batch[FIRST_JOINTS] = np.stack([
             it[FIRST_JOINTS] if it.get(FIRST_JOINTS) is not None else it["motion"][0]
             for it in items]).astype(np.float32)
+        with_logvar = [it.get(LATENTS_LOGVAR) is not None for it in items]
+        if all(with_logvar):
+            batch[LATENTS_LOGVAR] = np.stack([it[LATENTS_LOGVAR] for it in items]
+                                             ).astype(np.float32)
+        elif any(with_logvar):
+            without = [it["key"] for it, has in zip(items, with_logvar) if not has]
+            raise ValueError(f"a batch mixes items with and without latents_logvar (without: "
+                             f"{', '.join(without[:5])}); build every record with the posterior "
+                             "or none")
         if all(it["motion_tokens"] is not None for it in items):
             batch["motion_tokens"] = np.stack([it["motion_tokens"] for it in items])
         if all(it["text"] is not None for it in items):

@@ -50,6 +50,7 @@ class PoseClip:
       fps: the file's frame rate entry, if any.
       confidence: `[frames, 24]` per-joint confidence of an `.npz`, if any.
       counts: the per-frame detection decisions of a raw NLF file (`detections.COUNT_KEYS`).
+      video_length: the file's `video_length` entry (frames of its video), if any.
     """
 
     motion: np.ndarray
@@ -60,6 +61,7 @@ class PoseClip:
     fps: float | None = None
     confidence: np.ndarray | None = None
     counts: dict | None = None
+    video_length: int | None = None
 
 
 def as_float32(motion):
@@ -75,6 +77,14 @@ def _fps(value, source) -> float | None:
     if arr.size != 1 or arr.dtype.kind not in "fiu" or not float(arr.reshape(())) > 0:
         raise MotionFormatError(source, f"'fps' must be a single positive number, got {value!r:.60}")
     return float(arr.reshape(()))
+
+
+def _video_length(value, source) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, np.integer)) or value < 0:
+        raise MotionFormatError(source, f"'video_length' must be a frame count, got {value!r:.40}")
+    return int(value)
 
 
 def _video(value) -> str | None:
@@ -98,11 +108,12 @@ def _item_clips(item, index: int, source, missing: str, max_gap: int) -> list[Po
     if not isinstance(item, dict):
         raise MotionFormatError(source, f"clip {index} is a {type(item).__name__}, expected a dict")
     video, fps = _video(item.get("video_path")), _fps(item.get("fps"), source)
+    length = _video_length(item.get("video_length"), source)
     detections = _raw_detections(item, source)
     if detections is not None:
         runs: list[DetectedRun] = detected_runs(detections, source, missing, max_gap)
         return [PoseClip(r.motion, index, n if len(runs) > 1 else None, r.frame_indices, video,
-                         fps, counts=r.counts) for n, r in enumerate(runs)]
+                         fps, counts=r.counts, video_length=length) for n, r in enumerate(runs)]
     key = next((k for k in MOTION_KEYS if k in item), None)
     if key is None:
         raise MotionFormatError(source, f"clip {index} has none of {list(MOTION_KEYS)} "
@@ -112,7 +123,8 @@ def _item_clips(item, index: int, source, missing: str, max_gap: int) -> list[Po
     if not isinstance(start, (int, np.integer)) or start < 0:
         raise MotionFormatError(source, f"'video_start_index' must be a frame number, got {start!r:.40}")
     frames = motion.shape[0] if motion.ndim else 0
-    return [PoseClip(motion, index, None, int(start) + np.arange(frames, dtype=np.int64), video, fps)]
+    return [PoseClip(motion, index, None, int(start) + np.arange(frames, dtype=np.int64), video, fps,
+                     video_length=length)]
 
 
 def clips_from_pickle(data, source, missing: str = "error", max_gap: int = 0) -> list[PoseClip]:

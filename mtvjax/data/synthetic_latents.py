@@ -5,7 +5,8 @@ The "video latents" are a deterministic function of the motion: per latent frame
 Gaussian blobs (all joints, left side, right side, depth-signed), and the remaining channels
 carry a per-clip appearance code painted over the body. The reference latents are the first
 latent frame, so a model that lowers the loss has learned motion → video and reference →
-appearance. `SyntheticLatentSource` gives the fields of a latent record
+appearance. Text (per motion kind) and CLIP-image features (per clip) are fixed seeded stand-ins.
+`SyntheticLatentSource` gives the fields of a latent record
 (`mtvjax.data.latent_records`) in memory, the embedded default data of MV-DiT training;
 `data_pipeline.latents` writes the same items as shards.
 """
@@ -90,10 +91,19 @@ def projected_tokens(motion: np.ndarray, latent_frames: int, width: int) -> np.n
     return tokens.reshape(latent_frames * NUM_JOINTS, width).astype(np.float32)
 
 
+def _seeded_features(label: str, rows: int, dim: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(label.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+
+
 def kind_text(kind: str, rows: int, dim: int) -> np.ndarray:
     """A fixed "text embedding" `[rows, dim]` per motion kind (walk, run, ...), N(0, 1)."""
-    seed = int.from_bytes(hashlib.sha256(f"text:{kind}".encode()).digest()[:8], "little")
-    return np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+    return _seeded_features(f"text:{kind}", rows, dim)
+
+
+def clip_image(name: str, rows: int, dim: int) -> np.ndarray:
+    """Fixed stand-in CLIP-image features `[rows, dim]` per clip (its reference image), N(0, 1)."""
+    return _seeded_features(f"image:{name}", rows, dim)
 
 
 def window_start(key: str, length: int, span: int, seed: int = 0) -> int:
@@ -104,9 +114,10 @@ def window_start(key: str, length: int, span: int, seed: int = 0) -> int:
 
 def synthetic_item(clip, frames: int, size: tuple[int, int], channels: int = 16,
                    text_rows: int = 0, text_dim: int = 0, seed: int = 0,
-                   token_width: int = 0) -> dict:
+                   token_width: int = 0, image_rows: int = 0, image_dim: int = 0) -> dict:
     """The latent-record fields of one window of a motion clip (start seeded by the clip name);
-    `token_width` > 0 adds `projected_tokens` as its motion tokens."""
+    `token_width` > 0 adds `projected_tokens` as its motion tokens, `image_rows`/`image_dim` > 0
+    the clip's `clip_image` features."""
     motion = np.asarray(clip.motion, np.float32)
     if len(motion) < frames:
         raise ValueError(f"{clip.name}: {len(motion)} frames, fewer than the {frames} of a window")
@@ -120,6 +131,8 @@ def synthetic_item(clip, frames: int, size: tuple[int, int], channels: int = 16,
         item["text"] = kind_text(clip.name.rsplit("-", 1)[-1], text_rows, text_dim)
     if token_width:
         item["motion_tokens"] = projected_tokens(window, latents.shape[0], token_width)
+    if image_rows and image_dim:
+        item["image"] = clip_image(clip.name, image_rows, image_dim)
     return item
 
 
@@ -127,19 +140,21 @@ class SyntheticLatentSource:
     """Random-access synthetic latent items (the embedded default data of MV-DiT training)."""
 
     def __init__(self, num_windows: int, frames: int, size: tuple[int, int], channels: int = 16,
-                 text_rows: int = 0, text_dim: int = 0, seed: int = 0, token_width: int = 0):
+                 text_rows: int = 0, text_dim: int = 0, seed: int = 0, token_width: int = 0,
+                 image_rows: int = 0, image_dim: int = 0):
         latent_frames_for(frames)
         self.motion = SyntheticMotionSource(num_windows, (frames, frames + 30), seed)
         self.frames, self.size, self.channels = frames, tuple(size), channels
         self.text_rows, self.text_dim, self.seed = text_rows, text_dim, seed
-        self.token_width = token_width
+        self.token_width, self.image_rows, self.image_dim = token_width, image_rows, image_dim
 
     def __len__(self) -> int:
         return len(self.motion)
 
     def __getitem__(self, index: int) -> dict:
         return synthetic_item(self.motion[int(index)], self.frames, self.size, self.channels,
-                              self.text_rows, self.text_dim, self.seed, self.token_width)
+                              self.text_rows, self.text_dim, self.seed, self.token_width,
+                              self.image_rows, self.image_dim)
 
     def shape_key(self, index: int) -> tuple:
         return (latent_frames_for(self.frames),) + self.size

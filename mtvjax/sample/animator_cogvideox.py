@@ -2,11 +2,12 @@
 
 As the released pipeline (docs/reference/mvdit7b.md §6): the reference image (already at the
 generation size, in [−1, 1]) is repeated over the window's frames and VAE-encoded as a video;
-the latents are a posterior *sample* and are *not* multiplied by the scaling factor, while
-decoding divides by it. Sampling follows the family's `SAMPLER` recipe: the CogVideoX
-DPM-Solver++(2M) SDE ("dpm", released) or DDIM ("ddim") with motion CFG whose unconditional branch
-uses the model's learnable unconditional motion tokens. Later long-video windows pin their first
-latent frames to the scaled VAE latents of the previous window's last frames (`long_video`).
+the latents are a posterior *sample* and are *not* multiplied by the scaling factor
+(`models.mvdit.cogvideox.reference`), while decoding divides by it. Sampling follows the family's
+`SAMPLER` recipe: the CogVideoX DPM-Solver++(2M) SDE ("dpm", released) or DDIM ("ddim") with
+motion CFG whose unconditional branch uses the model's learnable unconditional motion tokens.
+Later long-video windows pin their first latent frames to the scaled VAE latents of the previous
+window's last frames (`long_video`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtvjax.models.mvdit.cogvideox.convert import restore_mvdit7b
+from mtvjax.models.mvdit.cogvideox.reference import reference_latents
 from mtvjax.models.vae.cogvideox.convert import restore_vae_cogvideox
 from mtvjax.sample.animator_common import (SamplingRuns, cast_floats, compute_dtype,
                                            motion_args, recipe_sampling)
@@ -44,9 +46,8 @@ class CogVideoXAnimator:
 
     def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
         """Per-video conditioning: `reference` `[H, W, 3]` in [−1, 1] repeated `frames` times."""
-        video = jnp.broadcast_to(jnp.asarray(reference, jnp.float32), (1, frames) + reference.shape)
-        ref = self.vae.encode(self.vae_params, video, key=key, tiling=self.tiling, scale=False)
-        return {"ref_latents": ref}
+        return {"ref_latents": reference_latents(self.vae, self.vae_params, reference, frames,
+                                                 key, self.tiling)}
 
     def encode_clean(self, frames: np.ndarray) -> jax.Array:
         """`[n, H, W, 3]` decoded frames in [−1, 1] → the model's (scaled) latents `[1, m, ...]`."""

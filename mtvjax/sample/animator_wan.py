@@ -4,9 +4,10 @@ As the released pipeline (docs/reference/mvdit17b.md §6): the prompt and the ne
 umT5-encoded (or read precomputed), the reference image (at its bucket size, in [−1, 1]) gives
 the CLIP features and the first frame of the conditioning video whose other frames are 0; that
 video is VAE-encoded (normalised posterior mean) and joined with a 4-channel mask that is 1 on
-the known latent frames, giving y. Sampling follows the family's `SAMPLER` recipe: flow-matching
-Euler ("euler", released) or UniPC ("unipc") with text CFG (negative prompt in the unconditional
-slot), plus motion CFG when the model has unconditional motion tokens (not in the release).
+the known latent frames, giving y (`models.mvdit.wan.reference`). Sampling follows the family's
+`SAMPLER` recipe: flow-matching Euler ("euler", released) or UniPC ("unipc") with text CFG
+(negative prompt in the unconditional slot), plus motion CFG when the model has unconditional
+motion tokens (not in the release).
 
 A long-video window after the first is conditioned as the release's second clip (§6.8): its
 conditioning video holds the previous window's last frames (mask 1 on their latent frames), its
@@ -23,15 +24,13 @@ import numpy as np
 from mtvjax.models.mvdit.wan import convert as convert_mvdit17b
 from mtvjax.models.vae.wan import convert as convert_vae_wan
 from mtvjax.models.encoders.load import load_clip_vision
-from mtvjax.models.encoders import clip_vision
 from mtvjax.models.mvdit.wan import model as mvdit_wan
+from mtvjax.models.mvdit.wan.reference import (MASK_CHANNELS, clip_features,
+                                               image_condition)
 from mtvjax.models.vae.wan import model as vae_wan
-from mtvjax.models.encoders.image_preprocess import clip_preprocess
 from mtvjax.sample.animator_common import (SamplingRuns, cast_floats, compute_dtype,
                                            motion_args, recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_17b
-
-MASK_CHANNELS = 4
 
 
 def text_embeddings(config) -> tuple[np.ndarray, np.ndarray]:
@@ -91,25 +90,11 @@ class WanAnimator:
         self.runs = SamplingRuns(denoise_17b(self.model, use_motion), sampler, guidance, dtype,
                                  config.long.blend, progress)
 
-    def _clip(self, image: np.ndarray) -> jax.Array:
-        pixels = clip_preprocess(image[None], self.clip_config.image_size)
-        return clip_vision.encode_images(self.clip_params, pixels, self.clip_config)
-
-    def condition(self, known: np.ndarray, frames: int) -> tuple[jax.Array, int]:
-        """y `[1, F, h, w, 4 + z]` for a video whose first `len(known)` frames are given (the rest
-        0), and the number of known latent frames."""
-        video = np.zeros((1, frames) + known.shape[1:], np.float32)
-        video[0, :len(known)] = known
-        latents = vae_wan.encode(self.vae_params, video, self.vae_config)
-        count = 1 + (len(known) - 1) // self.vae_config.temporal_factor
-        mask = jnp.zeros(latents.shape[:-1] + (MASK_CHANNELS,), latents.dtype)
-        mask = mask.at[:, :count].set(1.0)
-        return jnp.concatenate([mask, latents], axis=-1), count
-
     def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
         """Per-video conditioning from the reference `[H, W, 3]` in [−1, 1]."""
-        y, _ = self.condition(reference[None], frames)
-        return {"y": y, "image": self._clip(reference), "frames": frames}
+        y, _ = image_condition(self.vae_params, self.vae_config, reference[None], frames)
+        return {"y": y, "image": clip_features(self.clip_params, self.clip_config, reference),
+                "frames": frames}
 
     def sample(self, cond: dict, tokens: jax.Array, key, previous_frames=None,
                label: str = "sampling", motion_joints=None, motion_mm=None) -> jax.Array:
@@ -117,8 +102,9 @@ class WanAnimator:
         the window's motion `motion_mm` `[1, T, 24, 3]` mm)."""
         y, image, pinned = cond["y"], cond["image"], None
         if previous_frames is not None:
-            y, count = self.condition(np.asarray(previous_frames), cond["frames"])
-            image = self._clip(np.asarray(previous_frames[-1]))
+            y, count = image_condition(self.vae_params, self.vae_config, previous_frames,
+                                       cond["frames"])
+            image = clip_features(self.clip_params, self.clip_config, previous_frames[-1])
             pinned = y[:, :count, ..., MASK_CHANNELS:]
         shape = y.shape[:-1] + (self.latent_channels,)
         args = (self.params, y, self.text, self.negative, image, tokens)

@@ -56,13 +56,15 @@ class TrainHooks:
     (state, metrics); `log_scalars(state, metrics, step_time)` → the scalars of a log line from the
     state and metrics after the last step and the mean seconds per step of the window; `evaluate(state)` → final
     evaluation scalars ({}: none). `warm_up(state, batch)`, when given, runs before the first step
-    (e.g. compilation) outside the timed window.
+    (e.g. compilation) outside the timed window. `checkpointed(state, step)`, when given, runs on
+    every process after each checkpoint save (e.g. to write extra files beside it).
     """
     device_batch: Callable[[Any], Any]
     train_step: Callable[[Any, Any, int], tuple[Any, Any]]
     log_scalars: Callable[[Any, Any, float], dict]
     evaluate: Callable[[Any], dict]
     warm_up: Callable[[Any, Any], None] | None = None
+    checkpointed: Callable[[Any, int], None] | None = None
 
 
 def open_checkpointer(config, workdir: str) -> tuple[Checkpointer, int | None]:
@@ -124,6 +126,8 @@ def run(config, workdir: str, checkpointer: Checkpointer, state, data_iter,
         stop = preemption.requested or done - start == t.stop_after_steps
         if done % t.checkpoint_every == 0 or done == t.num_steps or stop:
             checkpointer.save(done, state, data_iter, config_json, force=stop)
+            if hooks.checkpointed is not None:
+                hooks.checkpointed(state, done)
         if stop:
             break
     progress.close()

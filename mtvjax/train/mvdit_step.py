@@ -7,6 +7,11 @@
   position in the global batch. All randomness of a sample (noise, timestep, condition dropout)
   comes from `fold_in(fold_in(state.rng, step), sample_index)`, so a step's result does not
   depend on the mesh, the number of processes or how the batch is cut into micro-batches.
+* **posterior sampling.** With `batch["latents_logvar"]` (records holding the VAE posterior)
+  the clean sample is x0 = latents + exp(logvar/2)·ε_post, ε_post from the sample's own key (as
+  above); without it x0 = latents. The records already hold the posterior in the model's latent
+  space (scaled by the VAE's scaling factor for the 7B, normalised by the latent mean/std for the
+  17B), so no scaling happens here.
 * **motion tokens.** `batch["motion_tokens"]` `[k, b, F·24, w]` when precomputed; otherwise the
   frozen 4DMoT (`tokenizer`, parameters in `frozen`) tokenises `batch["motion"]` inside the step
   (quantised codebook vectors, no gradient).
@@ -24,8 +29,10 @@
   the model's learnable unconditional tokens (`motion_drop`); with
   `train.text_drop_prob` (wan only; the 7B has no text input) its text is dropped
   (`text_lens` = 0: every row zero before the text MLP).
-* **trainable mask.** `optim.trainable` "all" or "motion" (the motion attention and the
-  unconditional motion tokens; with ISA conditioning the ISA blocks and point embedding).
+* **trainable mask.** `optim.trainable` "all", "motion" (the motion attention and the
+  unconditional motion tokens; with ISA conditioning the ISA blocks and point embedding) or
+  "lora": `state.params` then also holds the adapters `params["lora"]` (mtvjax.train.lora), the
+  only trained leaves; the loss merges them into the frozen model (W + (alpha/rank)·A@B).
   Frozen parameters are not differentiated, have no optimiser state and are carried through
   bit-identically.
 * **optimiser.** Gradients (float32, averaged over micro-batches) → global-norm clipping →
@@ -50,8 +57,9 @@ from mtvjax.models.mvdit import isa_conditioning as ISA
 from mtvjax.models.mvdit import registry
 from mtvjax.diffusion import schedules as S
 from mtvjax.models.fourdmot.tokenizer import FrozenTokenizer
+from mtvjax.train import lora
 
-TRAINABLE = ("all", "motion")
+TRAINABLE = ("all", "motion", "lora")
 NUM_JOINTS = 24
 
 
@@ -95,6 +103,8 @@ def trainable_predicate(config) -> Callable[[tuple], bool]:
         raise ValueError(f"optim.trainable must be one of {TRAINABLE}, got {which!r}")
     if which == "all":
         return lambda path: True
+    if which == "lora":
+        return lambda path: path[0] == lora.KEY
     return registry.of(config).trainable
 
 
@@ -149,6 +159,9 @@ def init_state(config, model, tx, rng) -> TrainState:
     optimiser state is built from the boxed trainable parameters and inherits their axes."""
     init_rng, root = jax.random.split(rng)
     params = init_variables(config, model, init_rng)
+    if config.optim.get("trainable") == "lora":
+        params[lora.KEY] = lora.init_adapters(params, config.optim.lora,
+                                              jax.random.fold_in(init_rng, 1))
     trainable, _ = split_params(params, trainable_predicate(config))
     if not trainable:
         raise ValueError(f"optim.trainable={config.optim.trainable!r} selects no parameter")
@@ -210,18 +223,23 @@ def _sample_keys(step_key, sample_index):
 
 
 def make_draw(schedule: Schedule):
-    """`draw(step_key, sample_index [b], x0 [b, ...], p_motion, p_text)` → (x_t, target,
-    timesteps, drop_motion [b] bool, drop_text [b] bool), each sample from its own key
-    `fold_in(step_key, sample_index)`.
+    """`draw(step_key, sample_index [b], x0 [b, ...], p_motion, p_text, logvar=None)` →
+    (x_t, target, timesteps, drop_motion [b] bool, drop_text [b] bool), each sample from its own
+    key `fold_in(step_key, sample_index)`. With `logvar` (like `x0`) `x0` is the posterior mean
+    and the clean sample is x0 + exp(logvar/2)·ε_post.
 
     Drawn with the classic (non-partitionable) threefry: the values are the same on every mesh
     either way, and XLA:CPU takes ~45 s to compile the partitionable one for a 25k-element
     normal draw (LLVM on the unrolled counter hash) against ~1 s for this one.
     """
-    def draw(step_key, sample_index, x0, p_motion: float, p_text: float):
+    def draw(step_key, sample_index, x0, p_motion: float, p_text: float, logvar=None):
         with jax.threefry_partitionable(False):
             keys = _sample_keys(step_key, sample_index)
-            split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+            split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
+            if logvar is not None:
+                post = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], jnp.float32))(
+                    split[:, 3])
+                x0 = x0 + jnp.exp(0.5 * logvar.astype(jnp.float32)) * post
             x_t, target, timesteps = jax.vmap(schedule.noise)(split[:, 0], x0)
             drop_motion = jax.vmap(lambda k: jax.random.bernoulli(k, p_motion))(split[:, 1])
             drop_text = jax.vmap(lambda k: jax.random.bernoulli(k, p_text))(split[:, 2])
@@ -256,6 +274,7 @@ def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
     p_text = float(t.text_drop_prob) if dropout and fam.HAS_TEXT else 0.0
     isa = uses_isa(config)
     dynamic = needs_joints(config) and not isa
+    lora_scale = lora.scale(config.optim.lora) if config.optim.get("trainable") == "lora" else 0
     if p_motion > 0:
         fam.check_motion_drop(config)
 
@@ -268,10 +287,11 @@ def make_loss_fn(config, model, tokenizer: FrozenTokenizer | None = None,
         return tokenizer(frozen, micro["motion"])
 
     def loss_fn(params, micro, key, frozen):
+        params = lora.effective_params(params, lora_scale)
         x0 = micro["latents"].astype(jnp.float32)
         b, f = x0.shape[:2]
         x_t, target, timesteps, drop_motion, drop_text = draw(
-            key, micro["sample_index"], x0, p_motion, p_text)
+            key, micro["sample_index"], x0, p_motion, p_text, micro.get("latents_logvar"))
         if isa:
             if "motion" not in micro:
                 raise ValueError('model.conditioning="isa" needs the windows\' joints: the '
@@ -352,13 +372,16 @@ def make_eval_step(config, model, tokenizer: FrozenTokenizer | None = None):
 
 def abstract_batch(config, batch_size: int, frames: int, height: int, width: int,
                    channels: int = 16, text_rows: int = 0, accum: int = 1,
-                   tokens: bool = True, image_tokens: int = 0) -> dict:
-    """ShapeDtypeStructs of a global batch (layout `[k, b, ...]`), for lowering without data."""
+                   tokens: bool = True, image_tokens: int = 0, logvar: bool = False) -> dict:
+    """ShapeDtypeStructs of a global batch (layout `[k, b, ...]`), for lowering without data;
+    `logvar` adds `latents_logvar` (records holding the VAE posterior)."""
     k, b = accum, batch_size // accum
     f32 = jnp.float32
     out = {"latents": jax.ShapeDtypeStruct((k, b, frames, height, width, channels), f32),
            "ref_latents": jax.ShapeDtypeStruct((k, b, 1, height, width, channels), f32),
            "sample_index": jax.ShapeDtypeStruct((k, b), jnp.int32)}
+    if logvar:
+        out["latents_logvar"] = out["latents"]
     if tokens and not uses_isa(config):
         out["motion_tokens"] = jax.ShapeDtypeStruct((k, b, frames * NUM_JOINTS,
                                                      motion_width(config)), f32)

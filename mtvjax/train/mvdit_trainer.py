@@ -11,13 +11,20 @@
   `model.motion_pe="dynamic"` the records' `first_joints` go to the step as well. With
   `model.conditioning="isa"` the records' `motion` windows go to the step instead of any tokens
   (`motion.tokens` is ignored; no 4DMoT is loaded).
+* image features: a family with a CLIP-image branch (the 17B) refuses data whose records have no
+  `image` before anything compiles (the branch is never skipped); the synthetic source gives
+  seeded stand-in features (`data.synthetic_image_rows` rows).
+* posterior: records with `latents_logvar` are sampled from the VAE posterior in the step.
 * state: parameters and optimiser state are created sharded from their logical axis names
   (`init_sharded` with `config.mesh` / `config.sharding_rules`); the batch is sharded on `batch`.
   The same code runs on one device, one host or many hosts. `train.init_from` loads pretrained
   (e.g. converted) parameters; parameters it lacks (new unconditional tokens) keep their init.
 * checkpoints: async Orbax (state, data iterator, config) every `train.checkpoint_every` steps, at
   the end, after `train.stop_after_steps` steps of this run, and on SIGTERM before exiting
-  (status 143). Rerunning resumes exactly (same losses as an uninterrupted run).
+  (status 143). Rerunning resumes exactly (same losses as an uninterrupted run). With
+  `optim.trainable="lora"` the adapters alone are also written at every checkpoint to
+  `WORKDIR/lora_adapters.safetensors` (replaced each time; its metadata names the step, rank,
+  alpha and targets); `mtvjax export` merges them into a converted checkpoint.
 * metrics (stdout, TensorBoard, metrics.jsonl): loss, grad norm, lr, step time, samples/s, MFU
   (FLOPs per device from XLA's cost analysis of the compiled step / step time / peak FLOP/s per
   device, `train.peak_flops_per_device`, measured with an f32 matmul when 0), skipped steps.
@@ -30,6 +37,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 from flax import traverse_util
 
@@ -44,7 +52,7 @@ from mtvjax.parallel.mesh import make_mesh
 from mtvjax.parallel.sharding import (abstract_sharded, init_sharded, named_sharding,
                                       replicated)
 from mtvjax.train import mvdit_step as steps
-from mtvjax.train import loop
+from mtvjax.train import loop, lora
 
 NUM_JOINTS = 24
 
@@ -66,6 +74,7 @@ def make_source(config, split: str | None = None, path: str | None = None):
     d = config.data
     if d.source == "synthetic":
         text_dim = config.model.text_dim if registry.of(config).HAS_TEXT else 0
+        image_dim = config.model.image_dim if registry.of(config).HAS_IMAGE else 0
         if d.synthetic_tokens not in ("projection", "none"):
             raise ValueError(f"data.synthetic_tokens must be projection or none, got "
                              f"{d.synthetic_tokens!r}")
@@ -74,13 +83,23 @@ def make_source(config, split: str | None = None, path: str | None = None):
                                      tuple(d.synthetic_latent_size), config.model.out_channels,
                                      d.synthetic_text_rows, text_dim,
                                      d.shuffle_seed if split is None else d.shuffle_seed + 1,
-                                     width)
+                                     width, d.synthetic_image_rows, image_dim)
     if d.source == "shards":
         if not (path or d.path):
             raise ValueError("data.source='shards' needs --config.data.path (a folder built by "
                              "`python -m data_pipeline.latents`)")
         return LatentShardSource(path or d.path, split or d.split)
     raise ValueError(f"unknown data.source {d.source!r}: use synthetic or shards")
+
+
+def check_image(config, sample: dict, dataset: str) -> None:
+    """Refuses data without CLIP-image features (`sample` is one item of `dataset`) for a model
+    with an image branch: training never skips the branch."""
+    fam = registry.of(config)
+    if fam.HAS_IMAGE and sample.get("image") is None:
+        raise ValueError(f"{dataset}: the records have no `image` (CLIP-image features), which "
+                         f"the {fam.NAME} model's image branch needs; build them with image "
+                         "features")
 
 
 def fit_config(config, sample: dict) -> tuple[ml_collections.ConfigDict, list[str]]:
@@ -243,7 +262,7 @@ def load_pretrained(state: steps.TrainState, directory: str) -> tuple[steps.Trai
     checkpointer.close()
     flat = dict(current)
     flat.update(traverse_util.flatten_dict(restored))
-    kept = sorted("/".join(k) for k in current if k not in stored)
+    kept = sorted("/".join(k) for k in current if k not in stored and k[0] != lora.KEY)
     return state.replace(params=traverse_util.unflatten_dict(flat)), kept
 
 
@@ -257,6 +276,8 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
     checkpointer, latest = loop.open_checkpointer(config, workdir)
     source = make_source(config)
     sample = source[0]
+    dataset = d.path if d.source == "shards" else "data.source=synthetic"
+    check_image(config, sample, dataset)
     config, notes = fit_config(config, sample)
     for note in notes:
         print(f"config: {note}", flush=True)
@@ -288,12 +309,22 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
         if not t.eval_batches:
             return {}
         eval_source = make_source(config, "val", d.val_path) if d.val_path else source
+        check_image(config, eval_source[0], d.val_path or dataset)
         eval_batches = make_latent_batches(eval_source, d.batch_size, d.shuffle_seed + 1,
                                            jax.process_index(), jax.process_count(), d.text_rows)
         return trainer.evaluate(state.params, eval_batches, t.eval_batches, config.seed + 1)
 
+    def save_adapters(state, step):
+        adapters = multihost_utils.process_allgather(state.params[lora.KEY], tiled=True)
+        if jax.process_index() == 0:
+            o = config.optim.lora
+            lora.save_adapters(f"{workdir}/{lora.FILE_NAME}", adapters,
+                               {"step": step, "rank": o.rank, "alpha": o.alpha,
+                                "targets": list(o.targets), "family": registry.of(config).NAME})
+
     hooks = loop.TrainHooks(device_batch=trainer.device_batch,
                             train_step=lambda state, batch, step: trainer.step(state, batch),
                             log_scalars=log_scalars, evaluate=evaluate,
-                            warm_up=trainer.compiled)  # compile outside the timed window
+                            warm_up=trainer.compiled,  # compile outside the timed window
+                            checkpointed=save_adapters if lora.KEY in state.params else None)
     return loop.run(config, workdir, checkpointer, state, data_iter, hooks)

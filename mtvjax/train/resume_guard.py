@@ -4,7 +4,10 @@ On resume the new command's config is compared with the one stored with the newe
 Keys that only steer the run's bookkeeping (`HARMLESS`: logging, checkpoint and eval cadence,
 the step budget, loader threads, device layout) may change freely; any other change (model,
 optimiser, schedule, data stream, seed, quantizer, ...) is refused with one message listing
-every differing key, unless `train.allow_config_change`. Every accepted change is appended to
+every differing key, unless `train.allow_config_change`. Keys the stored config does not have at
+all (added to the configs by a newer mtvjax, e.g. a new section with its defaults) are accepted
+and recorded, not refused: the run that made the checkpoint had no such setting to differ
+from. Every accepted change is appended to
 `config_changes.jsonl` in the workdir with the step, time, the differences and the previous
 config in full, so the history survives the checkpoints being rotated.
 """
@@ -47,7 +50,8 @@ def config_diff(old: dict, new: dict) -> dict[str, tuple]:
 
 
 def guarded_keys(diff: dict) -> list[str]:
-    return [k for k in diff if not _matches(k, HARMLESS)]
+    """Differing keys that are neither harmless nor new since the checkpoint."""
+    return [k for k, (old, _) in diff.items() if not _matches(k, HARMLESS) and old != ABSENT]
 
 
 def check_resume(config, checkpointer: Checkpointer, workdir: str) -> None:

@@ -1,28 +1,28 @@
 """Multi-head attention for MV-DiT: a pluggable scaled-dot-product kernel and a linen module.
 
-`dot_product_attention` works on `[batch, seq, heads, head_dim]` and dispatches by name through a
-small registry. Built-in names:
+`dot_product_attention` works on `[batch, seq, heads, head_dim]` and dispatches through a small
+registry, by a name or an `AttentionKernel` (a name plus chunk sizes; the model configs build one
+from `attention[_implementation]`, `attention_chunk`, `attention_kv_chunk`). Built-in names:
 
 * ``"auto"`` (default): ``jax.nn.dot_product_attention`` with cuDNN flash attention on GPU when the
   inputs are bf16/fp16 with head_dim a multiple of 8 up to 128, otherwise the XLA path (always on
   CPU and TPU). In jax 0.10 ``implementation=None`` means plain XLA, hence the explicit choice.
 * ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention`` with that implementation forced.
 * ``"reference"``: an explicit einsum + float32 softmax, for debugging and parity tests.
+* ``"chunked"``: portable memory-bounded attention (`chunked_attention`): `chunk` queries at a
+  time, each rematerialised in the backward pass; `kv_chunk` > 0 adds an online softmax over key
+  chunks.
+* ``"splash"``: the TPU Pallas splash kernel (`splash_attention`) with `chunk` / `kv_chunk` as
+  its query / key blocks; masked or biased calls use ``"chunked"``.
 
-TPU hook: a Pallas kernel (e.g. splash attention from
-``jax.experimental.pallas.ops.tpu.splash_attention``) is plugged in by registering a function with
-the same signature, then naming it in the model config (`Attention(implementation="splash")`)::
-
-    @register_attention_implementation("splash")
-    def splash(q, k, v, *, bias=None, mask=None, scale=None):
-        # to [batch, heads, seq, head_dim], scale q, vmap the splash kernel, transpose back
-        ...
-        return out  # [batch, q_seq, heads, head_dim]
-
-The registry is read at trace time, so registration must happen before the first jit trace.
+More kernels are registered with `register_attention_implementation` before the first jit trace
+(the registry is read at trace time). A kernel receives those `AttentionKernel` options
+(`chunk`, `kv_chunk`) that its signature names.
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from typing import Any, Callable
 
@@ -30,8 +30,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtvjax.models.layers.chunked_attention import chunked_attention
 from mtvjax.models.layers.norms import LayerNorm, RMSNorm
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
+from mtvjax.models.layers.splash_attention import splash_attention
 
 AttentionFn = Callable[..., jax.Array]
 
@@ -39,12 +41,33 @@ DEFAULT_IMPLEMENTATION = "auto"
 _IMPLEMENTATIONS: dict[str, AttentionFn] = {}
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionKernel:
+    """A registered kernel name with its options (hashable, so it can be a module attribute).
+
+    chunk: queries per step ("chunked") / query block ("splash"); <= 0: all queries.
+    kv_chunk: keys per online-softmax step ("chunked") / key block ("splash"); 0: all keys
+      ("chunked"), `chunk` ("splash").
+    """
+
+    name: str = DEFAULT_IMPLEMENTATION
+    chunk: int = 512
+    kv_chunk: int = 0
+
+    @classmethod
+    def create(cls, implementation: "str | AttentionKernel | None") -> "AttentionKernel":
+        if isinstance(implementation, cls):
+            return implementation
+        return cls(DEFAULT_IMPLEMENTATION if implementation is None else implementation)
+
+
 def register_attention_implementation(name: str, fn: AttentionFn | None = None, *,
                                       overwrite: bool = False):
     """Registers `fn(q, k, v, *, bias, mask, scale) -> out` under `name`; usable as a decorator.
 
     q is `[B, T, N, H]`, k/v `[B, S, N, H]`; bias (additive) and mask (bool, True = attend) are
-    broadcastable to `[B, N, T, S]`; scale defaults to 1/sqrt(H). Returns `[B, T, N, H]`.
+    broadcastable to `[B, N, T, S]`; scale defaults to 1/sqrt(H). Returns `[B, T, N, H]`. Keyword
+    parameters named like `AttentionKernel` options (`chunk`, `kv_chunk`) receive them.
     """
     def register(f: AttentionFn) -> AttentionFn:
         if name in _IMPLEMENTATIONS and not overwrite:
@@ -70,16 +93,22 @@ def available_attention_implementations() -> tuple[str, ...]:
 
 
 def dot_product_attention(q, k, v, *, bias=None, mask=None, scale: float | None = None,
-                          implementation: str | None = None) -> jax.Array:
+                          implementation: str | AttentionKernel | None = None) -> jax.Array:
     """softmax(q·kᵀ·scale + bias, masked) · v per head, on `[batch, seq, heads, head_dim]`.
 
     `mask` is boolean (True = attend) and, like `bias`, 4-D broadcastable to
-    `[batch, heads, q_seq, kv_seq]`. `implementation` names a registered kernel (module docstring).
+    `[batch, heads, q_seq, kv_seq]`. `implementation` names a registered kernel or is an
+    `AttentionKernel` (module docstring).
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError("expected [batch, seq, heads, head_dim], got "
                          f"{q.shape}, {k.shape}, {v.shape}")
-    return get_attention_implementation(implementation)(q, k, v, bias=bias, mask=mask, scale=scale)
+    kernel = AttentionKernel.create(implementation)
+    fn = get_attention_implementation(kernel.name)
+    accepted = inspect.signature(fn).parameters
+    options = {f.name: getattr(kernel, f.name) for f in dataclasses.fields(kernel)
+               if f.name != "name" and f.name in accepted}
+    return fn(q, k, v, bias=bias, mask=mask, scale=scale, **options)
 
 
 def _jax_sdpa(implementation):
@@ -124,6 +153,8 @@ register_attention_implementation("auto", _auto)
 register_attention_implementation("xla", _jax_sdpa("xla"))
 register_attention_implementation("cudnn", _jax_sdpa("cudnn"))
 register_attention_implementation("reference", _reference)
+register_attention_implementation("chunked", chunked_attention)
+register_attention_implementation("splash", splash_attention)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,7 +185,7 @@ class Attention(nn.Module):
         released 17B motion attention (17B §2.3): each batch row of k is reinterpreted as
         [heads, seq, head_dim], so key slot j of head h is channel chunk (h·M + j) mod n of token
         ⌊(h·M + j)/n⌋. v always uses the natural split.
-      implementation: registered SDPA kernel name (None → `DEFAULT_IMPLEMENTATION`).
+      implementation: registered SDPA kernel name or `AttentionKernel` (None → "auto").
     """
 
     num_heads: int
@@ -168,7 +199,7 @@ class Attention(nn.Module):
     naming: str = "diffusers"
     key_head_layout: str = "natural"
     rope_layout: str = INTERLEAVED
-    implementation: str | None = None
+    implementation: str | AttentionKernel | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: Any = None

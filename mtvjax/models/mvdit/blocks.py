@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtvjax.models.layers.attention import dot_product_attention, split_heads
+from mtvjax.models.layers.attention import AttentionKernel, dot_product_attention, split_heads
 from mtvjax.models.layers.norms import LayerNorm
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
 
@@ -215,7 +215,7 @@ class MVAttention(ComputeModule):
     v_norm: bool = False
     norm_eps: float = 1e-6
     rope_layout: str = INTERLEAVED
-    implementation: str | None = None
+    implementation: str | AttentionKernel | None = None
     out_zero_init: bool = False
 
     @nn.compact

@@ -73,6 +73,7 @@ import numpy as np
 from mtvjax.data.skeleton import BONES, NUM_JOINTS
 from mtvjax.models.mvdit.camera import (DEFAULT_FOV_DEGREES, Camera, align_leading, plucker_rays,
                                   project_to_ndc, video_token_ndc)
+from mtvjax.models.layers.attention import AttentionKernel
 from mtvjax.models.layers.norms import LayerNorm
 from mtvjax.models.mvdit.blocks import (ComputeModule, FeedForward, Linear, MVAttention, logical,
                                         output_init)
@@ -255,7 +256,7 @@ class ISABlock(ComputeModule):
     qk_norm: bool = True
     zero_init: bool = True
     norm_eps: float = 1e-6
-    attention_implementation: str | None = None
+    attention_implementation: str | AttentionKernel | None = None
 
     @nn.compact
     def __call__(self, video_tokens, grid: Sequence[int], points3d, camera: Camera | None = None,

@@ -18,6 +18,7 @@ CONTRACT = (
     "HAS_IMAGE", "ANIMATOR", "ATTENTION_FIELD", "model_presets", "build_model", "init_variables",
     "abstract_params", "logical_axes", "param_counts", "motion_width", "trainable",
     "check_motion_drop", "fit_uncond_motion", "wants_dataset_joints", "predict",
+    "write_checkpoint",
 )
 
 

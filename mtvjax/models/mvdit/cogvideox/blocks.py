@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mtvjax.models.layers.attention import AttentionKernel
 from mtvjax.models.mvdit import isa_conditioning as ISA
 from mtvjax.models.mvdit.blocks import (AdaLNModulation, ComputeModule, FeedForward, Linear,
                                         MVAttention, logical, torch_linear_init)
@@ -32,7 +33,7 @@ class BlockSpec:
     modulation_chunks: int = 6
     motion_v_norm: bool = False
     motion_out_zero_init: bool = True
-    attention_implementation: str | None = None
+    attention_implementation: str | AttentionKernel | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: Any = None

@@ -46,7 +46,10 @@ class CogVideoXDiTConfig:
     max_motion_frames: int = PE.DEFAULT_MAX_MOTION_FRAMES
     motion_out_zero_init: bool = True
     precision: str | None = "default"  # matmul precision: default | high | highest
-    attention_implementation: str | None = "auto"
+    attention_implementation: str | None = "auto"   # registered SDPA kernel (attention.py)
+    attention_chunk: int = 512         # "chunked" query chunk / "splash" query block
+    attention_kv_chunk: int = 0        # "chunked" online-softmax key chunk (0: all keys) / "splash"
+                                       # key block (0: attention_chunk)
     conditioning: str = "motion_attention"   # motion_attention (released) | isa
     isa: ISA.ISASettings = ISA.ISASettings()
 

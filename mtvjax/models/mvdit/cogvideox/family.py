@@ -24,10 +24,14 @@ reaches a family only through `mtvjax.models.mvdit.registry.family(name)`:
   joints (none configured).
 * `predict(model, params, x_t, timesteps, micro, tokens, drop_motion, drop_text, joints,
   config)` — the denoiser call of one training micro-batch (`drop_motion` None: no dropout).
+* `write_checkpoint(dst, params, config, report)` — writes the float32 `params` of a project
+  config as step 0 under `dst` in the format the family's `mtvjax convert` writes (and its
+  animator loads), `report` as the config JSON's `conversion` entry.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
@@ -106,6 +110,13 @@ def fit_uncond_motion(model_config, count: int, width: int) -> list[str]:
 
 def wants_dataset_joints(model_config) -> bool:
     return not model_config.joint_positions and not model_config.joint_positions_path
+
+
+def write_checkpoint(dst, params, config, report: dict) -> None:
+    from mtvjax.models.mvdit.cogvideox.convert import save_params
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.conversion = report
+    save_params(dst, params, config)
 
 
 def predict(model, params, x_t, timesteps, micro, tokens, drop_motion, drop_text, joints,

@@ -44,6 +44,7 @@ import numpy as np
 
 from mtvjax.models.mvdit.blocks import (AdaLNModulation, Linear, TimestepEmbedding, logical,
                                         timestep_sinusoid)
+from mtvjax.models.layers.attention import DEFAULT_IMPLEMENTATION, AttentionKernel
 from mtvjax.models.layers.dtypes import DTYPES, remat_policy
 from mtvjax.models.layers.norms import LayerNorm
 from mtvjax.models.mvdit import isa_conditioning as ISA
@@ -103,7 +104,9 @@ class MVDiTCogVideoX(nn.Module):
       remat: "none", "full" or a `jax.checkpoint_policies` name, for each scanned group.
       dtype / param_dtype: compute dtype (float32 default, bfloat16 option) / parameter dtype.
       precision: matmul precision name ("default", "high", "highest").
-      attention_implementation: a name in the `attention` registry (None → "auto").
+      attention_implementation: a name in the `attention` registry or an `AttentionKernel`
+        (None → "auto"); `from_config` builds the kernel from `attention_implementation`,
+        `attention_chunk` and `attention_kv_chunk`.
       conditioning: "motion_attention" (released: 4DMoT tokens, attn0) | "isa" (interspatial
         attention on `motion_mm`; `motion_every`, the motion PE switches and the unconditional
         tokens are then unused).
@@ -137,7 +140,7 @@ class MVDiTCogVideoX(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: str | None = None
-    attention_implementation: str | None = None
+    attention_implementation: str | AttentionKernel | None = None
     conditioning: str = "motion_attention"
     isa: ISA.ISASettings | None = None
 
@@ -360,8 +363,10 @@ def from_config(config, **overrides) -> MVDiTCogVideoX:
     fields = dataclasses.asdict(CogVideoXDiTConfig.from_fields(config.model))
     joints = load_joint_positions(fields.pop("joint_positions") or None,
                                   fields.pop("joint_positions_path"))
+    kernel = AttentionKernel(fields.pop("attention_implementation") or DEFAULT_IMPLEMENTATION,
+                             fields.pop("attention_chunk"), fields.pop("attention_kv_chunk"))
     kwargs = dict(fields, joint_positions=tuple(map(tuple, joints.tolist())),
-                  attention_implementation=fields["attention_implementation"] or None,
+                  attention_implementation=kernel,
                   isa=ISA.ISASettings.create(fields["isa"]),
                   remat=config.get("remat", "none"),
                   dtype=DTYPES[config.get("dtype", "float32")],

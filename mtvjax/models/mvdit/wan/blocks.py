@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mtvjax.models.layers.attention import dot_product_attention
+from mtvjax.models.layers.attention import AttentionKernel, dot_product_attention
 from mtvjax.models.layers.dtypes import remat_policy
 from mtvjax.models.layers.norms import LayerNorm, RMSNorm, layer_norm_f32
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
@@ -89,7 +89,7 @@ class _WanAttentionBase(nn.Module):
     num_heads: int
     head_dim: int
     epsilon: float = 1e-6
-    implementation: str | None = None
+    implementation: str | AttentionKernel | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: Any = None
@@ -178,7 +178,7 @@ class WanMotionBranch(nn.Module):
     head_dim: int
     epsilon: float = 1e-6
     heads_major_keys: bool = True
-    implementation: str | None = None
+    implementation: str | AttentionKernel | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     precision: Any = None
@@ -252,7 +252,7 @@ class WanBlock(nn.Module):
         dtype, pdt, f32 = cfg.compute_dtype, cfg.params_dtype, jnp.float32
         width = x.shape[-1]
         attn_kw = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, epsilon=cfg.eps,
-                       implementation=cfg.attention, dtype=dtype, param_dtype=pdt,
+                       implementation=cfg.attention_kernel, dtype=dtype, param_dtype=pdt,
                        precision=cfg.precision)
         modulation = self.param("modulation", partitioned(nn.initializers.normal(width ** -0.5),
                                                           (None, "embed")), (6, width), pdt)
@@ -279,7 +279,8 @@ class WanBlock(nn.Module):
             x = x + y.astype(dtype)
         elif self.motion and ctx.isa is not None:    # 3'. ISA in the motion slot
             x, point_tokens = ISA.apply_isa(cfg.isa, width, cfg.num_heads, x, self.grid, ctx.isa,
-                                            point_tokens, attention_implementation=cfg.attention,
+                                            point_tokens,
+                                            attention_implementation=cfg.attention_kernel,
                                             dtype=dtype, param_dtype=pdt, precision=cfg.precision)
             x = x.astype(dtype)
 

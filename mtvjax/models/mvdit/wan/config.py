@@ -17,6 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
+from mtvjax.models.layers.attention import DEFAULT_IMPLEMENTATION, AttentionKernel
 from mtvjax.models.layers.config_fields import checked_config, config_from_variant
 from mtvjax.models.layers.dtypes import DTYPES, check_dtype_fields, remat_policy
 from mtvjax.models.mvdit import isa_conditioning as ISA
@@ -72,7 +73,10 @@ class WanDiTConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"                # none | full | a jax.checkpoint_policies name
-    attention: str | None = None       # registered SDPA kernel (None: "auto")
+    attention: str | None = None       # registered SDPA kernel (None: "auto"; attention.py)
+    attention_chunk: int = 512         # "chunked" query chunk / "splash" query block
+    attention_kv_chunk: int = 0        # "chunked" online-softmax key chunk (0: all keys) / "splash"
+                                       # key block (0: attention_chunk)
     precision: str | None = None       # matmul precision ("highest" for strict float32 on GPU)
     scan_unroll: int = 1
     conditioning: str = "motion_attention"   # motion_attention (released) | isa
@@ -96,6 +100,12 @@ class WanDiTConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def attention_kernel(self) -> AttentionKernel:
+        """The SDPA kernel of every attention in the model (self, cross, motion, ISA)."""
+        return AttentionKernel(self.attention or DEFAULT_IMPLEMENTATION, self.attention_chunk,
+                               self.attention_kv_chunk)
 
     @property
     def compute_dtype(self):

@@ -75,14 +75,31 @@ def wants_dataset_joints(model_config) -> bool:
     return False
 
 
+def write_checkpoint(dst, params, config, report: dict) -> None:
+    from mtvjax.models.mvdit.wan.convert import save_params
+    save_params(dst, params, wan_config(config), config.get("variant", "custom"),
+                {"save_dtype": "float32", **report})
+
+
 def predict(model, params, x_t, timesteps, micro, tokens, drop_motion, drop_text, joints,
             config):
-    """First latent frame as the image condition (`y`, `mask`), text dropped as `text_lens`=0."""
+    """The image condition `y` = (mask, reference latents), the CLIP features, text dropped as
+    `text_lens`=0.
+
+    `ref_latents` `[b, F, ...]` (real-video records) are the VAE latents of the conditioning
+    video (first frame, then zero frames), exactly the latent part of `y` at inference, and are
+    used as they are; `[b, 1, ...]` (synthetic records) is a stand-in: that latent frame, then
+    zeros. The mask is 1 on latent frame 0 only. The batch must hold `image` (the model's CLIP
+    branch is never skipped in training).
+    """
     b, f = x_t.shape[:2]
     ref = micro["ref_latents"]
     first = (jnp.arange(f) == 0)[None, :, None, None, None]
-    y_ref = jnp.where(first, ref[:, :1], 0.0)
+    y_ref = ref if ref.shape[1] == f else jnp.where(first, ref[:, :1], 0.0)
     mask = jnp.broadcast_to(first, (b, f) + x_t.shape[2:4] + (4,)).astype(x_t.dtype)
+    if micro.get("image") is None:
+        raise ValueError("the wan model has a CLIP image branch: the batch has no `image` "
+                         "features")
     text = micro.get("text")
     if text is None:
         text = jnp.zeros((b, 1, config.model.text_dim), jnp.float32)
@@ -91,5 +108,5 @@ def predict(model, params, x_t, timesteps, micro, tokens, drop_motion, drop_text
         lens = micro["text_lens"]
     lens = jnp.where(drop_text, 0, lens)
     extra = {"motion_drop": drop_motion} if drop_motion is not None else {}
-    return model.apply({"params": params}, x_t, timesteps, text, micro.get("image"),
+    return model.apply({"params": params}, x_t, timesteps, text, micro["image"],
                        tokens, mask=mask, ref=y_ref, text_lens=lens, **extra, **joints)

@@ -4,7 +4,8 @@
     latents = vae.encode(params, video)   # [B, T, H, W, 3] in [-1, 1] → [B, t, H/8, W/8, 16]
     video = vae.decode(params, latents)   # → [B, 4(t − 1) + 1, H, W, 3];  t = (T − 1)/4 + 1
 
-(or the functions `encode(params, video, config)` / `decode(params, latents, config)`).
+(or the functions `encode(params, video, config)` / `decode(params, latents, config)`;
+`encode_posterior` gives (mean, log-variance)).
 
 Architecture (layers in `vae_layers.py`): the encoder is a causal conv_in, one down block per
 `block_out_channels` entry (`layers_per_block` ResNet blocks with GroupNorm, then — all but the
@@ -30,8 +31,10 @@ order, as diffusers' `tiled_encode` / `tiled_decode`.
 
 Latents are scaled as the pipelines do: `encode` returns `(z − shift) · scaling_factor` and
 `decode` inverts that first (`scale=False` skips both: MTVCrafter's reference latents are
-unscaled samples, docs/reference/mvdit7b.md §6). `encode(key=...)` samples the posterior
-`mean + exp(logvar / 2) · ε` (log-variance clipped to [−30, 20]); without a key it is the mean.
+unscaled samples, docs/reference/mvdit7b.md §6). `encode_posterior` gives the posterior's mean
+and log-variance (clipped to [−30, 20]) in the same space, the log-variance shifted by
+2·log(scaling_factor); `encode(key=...)` samples it, `mean + exp(logvar / 2) · ε`; without a key
+it is the mean.
 """
 from __future__ import annotations
 
@@ -342,18 +345,25 @@ class CogVideoXVAE:
                              self.config.frame_batch_size, tiling, True, (1, s)
                              ).astype(jnp.float32)
 
-    def encode(self, params, video, key=None, tiling=None, scale: bool = True):
-        """Video in [−1, 1] → latents: the posterior mean, or a sample with `key`; scaled
-        `(z − shift) · scaling_factor` unless `scale=False`."""
-        moments = self.encode_moments(params, video, tiling)
-        mean, logvar = jnp.split(moments, 2, axis=-1)
-        z = mean
-        if key is not None:
-            std = jnp.exp(0.5 * jnp.clip(logvar, -30.0, 20.0))
-            z = mean + std * jax.random.normal(key, mean.shape, mean.dtype)
+    def encode_posterior(self, params, video, tiling=None, scale: bool = True):
+        """Video in [−1, 1] → the posterior (mean, log-variance), each `[B, t, h, w, latent]`,
+        log-variance clipped to [−30, 20]; in the scaled latent space unless `scale=False`:
+        mean (μ − shift) · scaling_factor, log-variance + 2 · log(scaling_factor)."""
+        mean, logvar = jnp.split(self.encode_moments(params, video, tiling), 2, axis=-1)
+        logvar = jnp.clip(logvar, -30.0, 20.0)
         if scale:
-            z = (z - self.config.shift_factor) * self.config.scaling_factor
-        return z
+            c = self.config
+            mean = (mean - c.shift_factor) * c.scaling_factor
+            logvar = logvar + 2.0 * math.log(c.scaling_factor)
+        return mean, logvar
+
+    def encode(self, params, video, key=None, tiling=None, scale: bool = True):
+        """Video in [−1, 1] → latents: the posterior mean, or with `key` the sample
+        `mean + exp(logvar / 2) · ε` of `encode_posterior` (scaled unless `scale=False`)."""
+        mean, logvar = self.encode_posterior(params, video, tiling, scale)
+        if key is None:
+            return mean
+        return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
 
     def decode(self, params, latents, tiling=None, scale: bool = True):
         """Latents `[B, t, h, w, latent]` → video `[B, 4(t−1)+1, 8h, 8w, out]` (float32)."""
@@ -381,6 +391,11 @@ def vae_for(config=None) -> CogVideoXVAE:
 def encode(params, video, config=None, *, key=None, tiling=None, scale: bool = True):
     """`CogVideoXVAE(config).encode` (config: preset name, dict or ConfigDict; default 5b)."""
     return vae_for(config).encode(params, video, key=key, tiling=tiling, scale=scale)
+
+
+def encode_posterior(params, video, config=None, *, tiling=None, scale: bool = True):
+    """`CogVideoXVAE(config).encode_posterior`: (mean, log-variance)."""
+    return vae_for(config).encode_posterior(params, video, tiling=tiling, scale=scale)
 
 
 def decode(params, latents, config=None, *, tiling=None, scale: bool = True):

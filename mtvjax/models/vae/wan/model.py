@@ -7,7 +7,9 @@ frame alone (T = 1 + 4·k frames ↔ 1 + k latent frames), spatial ×8, z_dim 16
   level) `downsample2d` or `downsample3d` (`temperal_downsample`) → mid block (res, per-frame
   attention, res) → RMS norm, SiLU, causal conv_out to 2·z_dim → `quant_conv` (1×1×1). The
   posterior mean is the first z_dim channels; `encode` returns it normalised per channel,
-  (μ − latents_mean) / latents_std, as the Wan pipeline does (there is no scaling_factor).
+  (μ − latents_mean) / latents_std, as the Wan pipeline does (there is no scaling_factor);
+  `encode_posterior` also gives the log-variance (the last z_dim channels) in that space,
+  log σ² − 2·log(latents_std).
 * **Decoder**: z·std + mean → `post_quant_conv` → causal conv_in → mid block → per level
   `num_res_blocks + 1` residual blocks (level i > 0 starts from half the previous width) and an
   `upsample3d` / `upsample2d` (to half width) on all but the last → head → clamp to [−1, 1].
@@ -23,8 +25,8 @@ chunk at a time.
 
 API: `WanVAEConfig`, `wan_vae_presets()` (`wan2.1`, `tiny`), `wan_vae_config(variant, **over)`,
 `config_from_diffusers(dict)`; `WanVAE` (Flax module: `encode_chunk`, `decode_chunk`);
-`encode(params, video, config)`, `decode(params, latents, config)`; `param_shapes`, `init_params`,
-`count_params`. Conversion from diffusers / original Wan weights:
+`encode(params, video, config)`, `encode_posterior` (mean, log-variance),
+`decode(params, latents, config)`; `param_shapes`, `init_params`, `count_params`. Conversion from diffusers / original Wan weights:
 `mtvjax.models.vae.wan.convert`.
 """
 from __future__ import annotations
@@ -237,7 +239,7 @@ class WanDecoder(CausalCoder):
 
 
 class WanVAE(nn.Module):
-    """`encode_chunk(video_chunk, cache)` → (normalised posterior mean, cache);
+    """`encode_chunk(video_chunk, cache)` → ((normalised posterior mean, log-variance), cache);
     `decode_chunk(latent_chunk, cache)` → (video in [−1, 1] if `clamp`, cache). `cache=None` is
     the first chunk. `__call__` runs both over a first and a second chunk (creates every param)."""
 
@@ -261,8 +263,8 @@ class WanVAE(nn.Module):
         h, cache = self.encoder(video.astype(dtype), cache)
         h, _ = self.quant_conv(h)
         mean, std = self._stats()
-        mu = h[..., :self.config.z_dim].astype(jnp.float32)
-        return (mu - mean) / std, cache
+        mu, logvar = jnp.split(h.astype(jnp.float32), 2, axis=-1)
+        return ((mu - mean) / std, logvar - 2.0 * jnp.log(std)), cache
 
     def decode_chunk(self, latents, cache=None, clamp: bool = True):
         mean, std = self._stats()
@@ -275,7 +277,7 @@ class WanVAE(nn.Module):
     def __call__(self, video, latents):
         tf = self.config.temporal_factor
         _, cache = self.encode_chunk(video[:, :1])
-        mu, _ = self.encode_chunk(video[:, 1:1 + tf], cache)
+        (mu, _), _ = self.encode_chunk(video[:, 1:1 + tf], cache)
         _, cache = self.decode_chunk(latents[:, :1])
         x, _ = self.decode_chunk(latents[:, 1:2], cache)
         return mu, x
@@ -314,11 +316,11 @@ def init_params(config, rng) -> dict:
 
 
 def chunk_functions(config: WanVAEConfig, clamp: bool = True, compiler_options=None):
-    """(encode_chunk, decode_chunk), jitted: `f(params, x, cache) -> (y, cache)`, cache None for
-    the first chunk (a separate compilation). The cache argument is donated (its buffers are
-    reused for the new cache): do not use a cache after passing it in. `compiler_options`: XLA
-    options for `jax.jit` (e.g. {"xla_backend_optimization_level": 0} compiles ~3× faster on CPU,
-    for tests)."""
+    """(encode_chunk, decode_chunk), jitted: `f(params, x, cache) -> (y, cache)` (encoding: y =
+    (mean, log-variance)), cache None for the first chunk (a separate compilation). The cache
+    argument is donated (its buffers are reused for the new cache): do not use a cache after
+    passing it in. `compiler_options`: XLA options for `jax.jit` (e.g.
+    {"xla_backend_optimization_level": 0} compiles ~3× faster on CPU, for tests)."""
     options = tuple(sorted((compiler_options or {}).items()))
     return _chunk_functions(wan_vae_config(config), bool(clamp), options)
 
@@ -344,10 +346,13 @@ def _check_video(config: WanVAEConfig, shape, what: str, channels: int, frame_st
         raise ValueError(f"{what} has {shape[1]} frames; need 1 + {frame_step}·k")
 
 
-def encode(params, video, config="wan2.1", *, chunk_latents: int = 1, compiler_options=None):
-    """Video `[B, T, H, W, 3]` in [−1, 1] (T = 1 + 4·k; H, W multiples of 8) → normalised latents
-    `[B, 1 + k, H/8, W/8, z_dim]` (posterior mean), float32. Frame 0 alone, then chunks of
-    4·`chunk_latents` frames (the released VAE: 4). `compiler_options`: see `chunk_functions`."""
+def encode_posterior(params, video, config="wan2.1", *, chunk_latents: int = 1,
+                     compiler_options=None) -> tuple:
+    """Video `[B, T, H, W, 3]` in [−1, 1] (T = 1 + 4·k; H, W multiples of 8) → the posterior in
+    the normalised latent space, (mean, log-variance), each `[B, 1 + k, H/8, W/8, z_dim]`
+    float32: mean (μ − latents_mean) / latents_std, log-variance − 2·log(latents_std). Frame 0
+    alone, then chunks of 4·`chunk_latents` frames (the released VAE: 4). `compiler_options`:
+    see `chunk_functions`."""
     cfg = wan_vae_config(config)
     tf, s = cfg.temporal_factor, cfg.spatial_factor
     _check_video(cfg, video.shape, "video", cfg.in_channels, tf)
@@ -359,7 +364,15 @@ def encode(params, video, config="wan2.1", *, chunk_latents: int = 1, compiler_o
     for start in range(1, video.shape[1], step):
         out, cache = enc(params, video[:, start:start + step], cache)
         outs.append(out)
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    return tuple(parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+                 for parts in zip(*outs))
+
+
+def encode(params, video, config="wan2.1", *, chunk_latents: int = 1, compiler_options=None):
+    """Normalised latents `[B, 1 + k, H/8, W/8, z_dim]`: the posterior mean of
+    `encode_posterior` (what the Wan pipeline encodes)."""
+    return encode_posterior(params, video, config, chunk_latents=chunk_latents,
+                            compiler_options=compiler_options)[0]
 
 
 def decode(params, latents, config="wan2.1", *, chunk_latents: int = 1, clamp: bool = True,
