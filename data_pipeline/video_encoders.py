@@ -1,13 +1,16 @@
 """The family's image/video encoders a latent record needs, loaded from converted checkpoints.
 
-`FamilyEncoders(config)` reads `config.checkpoints` (the VAE; the 17B's CLIP) and gives, for one
-window, the VAE posterior of its frames (`encode_posterior`) and the reference conditioning of
-its first frame by the functions `mtvjax animate` uses (`mtvjax.models.mvdit.*.reference`).
+`FamilyEncoders(config)` reads `config.checkpoints` (the VAE; the 17B's CLIP) and gives the VAE
+posteriors of a group of windows (`encode_posterior`), data-parallel over this process's local
+devices (the windows are stacked on the batch axis and sharded over a one-axis mesh of
+`jax.local_devices()`, padded to a multiple of their count), and the reference conditioning of
+a window's first frame by the functions `mtvjax animate` uses (`mtvjax.models.mvdit.*.reference`).
 """
 from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mtvjax.models.mvdit import registry
 
@@ -19,6 +22,7 @@ class FamilyEncoders:
     def __init__(self, config):
         ck = config.checkpoints
         self.family = registry.family(config.family).NAME
+        self.mesh = Mesh(np.array(jax.local_devices()), ("batch",))
         if self.family == "cogvideox":
             from mtvjax.models.vae.cogvideox.convert import restore_vae_cogvideox
             _, self.vae, self.params = restore_vae_cogvideox(ck.vae)
@@ -29,15 +33,27 @@ class FamilyEncoders:
             self.vae_config, self.params = load_converted(ck.vae)
             self.clip_config, self.clip_params = load_clip_vision(ck.clip)
 
-    def posterior(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`[T, H, W, 3]` in [−1, 1] → (mean, log-variance) `[F, h, w, C]`, model latent space."""
-        video = jax.numpy.asarray(pixels, jax.numpy.float32)[None]
+    @property
+    def devices(self) -> int:
+        """Windows encoded per call: one per local device."""
+        return len(self.mesh.devices.flat)
+
+    def posteriors(self, windows: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Windows `[T, H, W, 3]` in [−1, 1] (one shape) → (mean, log-variance) `[F, h, w, C]`
+        of each, in the model's latent space; encoded as one batch over the local devices."""
+        n = len(windows)
+        batch = np.stack(windows).astype(np.float32)
+        pad = -n % self.devices
+        if pad:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
+        video = jax.device_put(batch, NamedSharding(self.mesh, PartitionSpec("batch")))
         if self.family == "cogvideox":
             mean, logvar = self.vae.encode_posterior(self.params, video, tiling=self.tiling)
         else:
             from mtvjax.models.vae.wan.model import encode_posterior
             mean, logvar = encode_posterior(self.params, video, self.vae_config)
-        return np.asarray(mean[0], np.float32), np.asarray(logvar[0], np.float32)
+        mean, logvar = np.asarray(mean, np.float32), np.asarray(logvar, np.float32)
+        return [(mean[i], logvar[i]) for i in range(n)]
 
     def conditioning(self, first: np.ndarray, frames: int, key) -> tuple[np.ndarray, np.ndarray | None]:
         """(`ref_latents` `[F, h, w, C]`, the 17B's CLIP `image` `[N, d]` or None)."""

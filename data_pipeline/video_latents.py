@@ -26,7 +26,9 @@ folder + rename, replacing only an earlier build) holds the parts' shards (`trai
 `manifest.json` (kind "mvdit_latents", index, per-file bad inputs with their reasons, counts,
 clips/s), `mean.npy`/`std.npy` of the train windows' motion and, for the 17B, `text_cache/`
 with the captions and the negative prompt; the parts folder is then removed (a failed merge
-keeps it for the next try; a part built with other settings is rebuilt, not reused).
+keeps it for the next try; a part built with other settings is rebuilt, not reused). Within a
+process the windows' VAE posteriors are encoded data-parallel, one window per local device per
+call (`video_encoders.FamilyEncoders.posteriors`).
 """
 from __future__ import annotations
 
@@ -143,6 +145,33 @@ def clip_texts(config, clips: list[VideoClip], folder: Path) -> dict[str, np.nda
         cache.close()
 
 
+def _clip_crops(vc: VideoClip, frames: int, config, report: Report):
+    """(window index, start, crop index, crop box, pixels) of every window × crop of a clip; a
+    window whose frames cannot be decoded goes into `report` and is left out."""
+    for w, start in enumerate(vc.starts):
+        try:
+            crops = window_pixels(vc, start, frames, int(config.crops_per_window),
+                                  int(config.seed))
+        except (ValueError, OSError, av.FFmpegError) as e:
+            report.errors.append({"path": vc.video, "message": f"{vc.clip.key}: unreadable "
+                                  f"video frames at motion frame {start}: {e}"})
+            continue
+        for c, (box, pixels) in enumerate(crops):
+            yield w, start, c, box, pixels
+
+
+def _groups(items, size: int):
+    """Lists of up to `size` consecutive items."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def _write_part(config, tmp: Path, index: int, count: int, progress: bool) -> dict:
     report = Report()
     clips = list(iter_video_clips(config, report, index, count))
@@ -162,17 +191,10 @@ def _write_part(config, tmp: Path, index: int, count: int, progress: bool) -> di
         record, split = vc.clip.record, vc.clip.split
         motions = np.stack([record.motion[s:s + frames] for s in vc.starts])
         tokens = None if tokenizer is None else tokenize_windows(tokenizer, motions)
-        for w, start in enumerate(vc.starts):
-            try:
-                crops = window_pixels(vc, start, frames, int(config.crops_per_window),
-                                      int(config.seed))
-            except (ValueError, OSError, av.FFmpegError) as e:
-                report.errors.append({"path": vc.video, "message": f"{vc.clip.key}: unreadable "
-                                      f"video frames at motion frame {start}: {e}"})
-                continue
-            for c, (box, pixels) in enumerate(crops):
+        for group in _groups(_clip_crops(vc, frames, config, report), encoders.devices):
+            posteriors = encoders.posteriors([pixels for *_, pixels in group])
+            for (w, start, c, box, pixels), (mean, logvar) in zip(group, posteriors):
                 key = window_key(vc.clip.key, start, c)
-                mean, logvar = encoders.posterior(pixels)
                 ref, image = encoders.conditioning(pixels[0], frames,
                                                    reference_key(int(config.seed), key))
                 window_tokens = None if tokens is None else tokens[w]

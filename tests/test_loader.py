@@ -102,3 +102,16 @@ def _matches(window, clip):
             if np.allclose(a, scale * b, atol=1e-2 * np.abs(a).max()):
                 return True
     return False
+
+
+def test_epoch_shuffle_is_a_fresh_seeded_permutation_every_pass():
+    from mtvjax.data.loader import EpochShuffle
+    items = np.arange(10, 23)
+    order = EpochShuffle(items, seed=3)
+    passes = [[order[e * len(items) + j] for j in range(len(items))] for e in range(3)]
+    for p in passes:
+        assert sorted(p) == list(items)
+    assert passes[0] != passes[1] and passes[1] != passes[2]
+    assert passes == [[EpochShuffle(items, seed=3)[e * len(items) + j] for j in range(len(items))]
+                      for e in range(3)]
+    assert [EpochShuffle(items, seed=4)[j] for j in range(len(items))] != passes[0]

@@ -75,3 +75,53 @@ def test_trains_on_real_video_records_and_exports(family, sets, tmp_path):  # no
     for path, value in written.items():
         np.testing.assert_allclose(np.asarray(value), np.asarray(trained[path]), rtol=1e-6,
                                    atol=1e-7, err_msg="/".join(path))
+
+
+def test_torch_pose_pickle_trains_tokenizes_and_builds_like_its_numpy_twin(sets, tmp_path):  # noqa: F811
+    """The official extraction output (per-frame CUDA torch tensors) and the same joints as a
+    numpy pickle give the same 4DMoT training losses (same process, same data), the same 4DMoT
+    tokens and the same latent records."""
+    pytest.importorskip("torch")
+    import pickle
+
+    import torch
+    from data_pipeline.latents import build
+    from mtvjax.data.latent_shard_source import LatentShardSource
+    from mtvjax.data.safe_pickle import load_pickle
+    from mtvjax.train.fourdmot_trainer import train as train_4dmot
+    from mtvjax.train.metric_writer import read_metrics
+    from fourdmot_runs import tiny_config
+    from test_torch_pose_pickles import _dump_on_gpu
+
+    item = load_pickle(str(SAMPLE / "sampled_data.pkl"))[0]
+    pose = np.asarray(item["pose"], np.float32)
+    meta = {"video_path": str(SAMPLE / item["video_path"]), "video_length": len(pose),
+            "video_width": item["video_width"], "video_height": item["video_height"]}
+    # one file name (the crops are seeded by the clip key, which names the file)
+    files = {kind: tmp_path / kind / "poses.pkl" for kind in ("torch", "numpy")}
+    for path in files.values():
+        path.parent.mkdir()
+    _dump_on_gpu({**meta, "pose": {"joints3d_nonparam": [torch.from_numpy(p[None])
+                                                         for p in pose]}}, files["torch"])
+    assert b"cuda:0" in files["torch"].read_bytes()
+    with open(files["numpy"], "wb") as f:
+        pickle.dump({**meta, "pose": pose}, f)
+
+    losses, built = {}, {}
+    for kind, path in files.items():
+        run = tmp_path / f"4dmot_{kind}"
+        train_4dmot(tiny_config(2, **{"data.source": "pkl", "data.path": str(path),
+                                      "train.eval_batches": 0}), str(run))
+        losses[kind] = [m["loss"] for _, m in sorted(read_metrics(str(run)).items())]
+        out = tmp_path / f"latents_{kind}"
+        build(config_for("cogvideox", sets, out, inputs=(str(path),), val_fraction=0.0,
+                         windows_per_clip=2))
+        source = LatentShardSource(out)
+        built[kind] = [source[i] for i in range(len(source))]
+    assert len(losses["torch"]) == 2 and losses["torch"] == losses["numpy"]
+    assert len(built["torch"]) == len(built["numpy"]) == 2
+    for a, b in zip(built["torch"], built["numpy"]):
+        assert a["key"] == b["key"]
+        np.testing.assert_array_equal(a["motion"], b["motion"])
+        np.testing.assert_array_equal(a["motion_tokens"], b["motion_tokens"])
+        np.testing.assert_allclose(a["latents"], b["latents"], rtol=1e-6, atol=1e-6)

@@ -191,14 +191,49 @@ def test_a_failed_build_leaves_no_half_written_output(sets, built7b, tmp_path, m
     config = config_for("cogvideox", sets, tmp_path / "ds", inputs=built7b[0].inputs[:1])
     calls = []
 
-    def failing(self, pixels):
+    def failing(self, windows):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("encoder died")
-        return original(self, pixels)
+        return original(self, windows)
 
-    original = VL.FamilyEncoders.posterior
-    monkeypatch.setattr(VL.FamilyEncoders, "posterior", failing)
+    original = VL.FamilyEncoders.posteriors
+    monkeypatch.setattr(VL.FamilyEncoders, "posteriors", failing)
     with pytest.raises(RuntimeError, match="encoder died"):
         VL.build(config, process=(0, 1), progress=False)
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_windows_encode_data_parallel_over_local_devices(sets, tmp_path):
+    """Three simulated devices (a fresh process: the device count is fixed at start-up) encode
+    the windows in groups of three, the last one padded; every record equals the one-device
+    build's. The VAE treats batch entries independently, so the two builds compute the same
+    values per window, up to the kernels' rounding."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from data_pipeline import latents
+    options = dict(windows_per_clip=2, crops_per_window=2)
+    one = tmp_path / "one"
+    latents.build(config_for("cogvideox", sets, one, **options))
+    three = tmp_path / "three"
+    script = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "import jax; assert jax.local_device_count() == 3\n"
+        "from data_pipeline import latents\n"
+        "from test_video_latents import config_for\n"
+        f"sets = {{'cogvideox': {dict(sets['cogvideox'])!r}}}\n"
+        f"latents.build(config_for('cogvideox', sets, {str(three)!r}, **{options!r}))\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3",
+           "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for split in ("train", "val"):
+        want, got = records(one, split), records(three, split)
+        assert sorted(want) == sorted(got) and len(want) >= 4
+        for key, rec in want.items():
+            for name in ("latents", "latents_logvar", "ref_latents"):
+                np.testing.assert_allclose(got[key][name], rec[name], atol=1e-5, rtol=1e-5,
+                                           err_msg=f"{key} {name}")

@@ -88,20 +88,17 @@ def build_latents(folder: Path, windows: int) -> tuple[Path, dict, float]:
     return Path(config.output), manifest, time.perf_counter() - start
 
 
-def latent_rates(dataset: Path, batch: int, batches: int, num_threads: int, prefetch: int,
+def latent_rates(dataset: Path, batch: int, batches_timed: int, num_threads: int, prefetch: int,
                  steps: int) -> dict:
-    """Loader batches/s over `batches` batches and the tiny MV-DiT train step on one of them."""
+    """The tiny MV-DiT train step on the first batch (median of `steps`), then the loader's
+    seconds per batch over `batches_timed` batches after the first."""
     from mtvjax.data.latent_batches import make_latent_batches
     from mtvjax.data.latent_shard_source import LatentShardSource
     from mtvjax.train.mvdit_trainer import MVDiTTrainer, fit_config
 
     source = LatentShardSource(dataset, "train")
-    it = make_iterator(make_latent_batches(source, batch, seed=0), num_threads, prefetch)
-    first = next(it)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    loader_s = (time.perf_counter() - start) / batches
+    batches = make_latent_batches(source, batch, seed=0)
+    first = batches[0]
     config = load_config(f"{REPO / 'configs' / 'mvdit.py'}:tiny")
     config.data.source, config.data.path, config.data.batch_size = "shards", str(dataset), batch
     config, _ = fit_config(config, source[0])
@@ -109,14 +106,20 @@ def latent_rates(dataset: Path, batch: int, batches: int, num_threads: int, pref
     state = trainer.init_state()
     device_batch = trainer.device_batch(first)
     step = trainer.compiled(state, device_batch)
-    frozen = trainer.frozen
 
     def run():
         nonlocal state
-        state, metrics = step(state, device_batch, frozen)
+        state, metrics = step(state, device_batch, trainer.frozen)
         jax.block_until_ready(metrics["loss"])
 
-    return {"records": len(source), "loader_s": loader_s, "step_s": median_seconds(run, steps),
+    step_s = median_seconds(run, steps)       # before the loader's threads start
+    it = make_iterator(batches, num_threads, prefetch)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches_timed):
+        next(it)
+    loader_s = (time.perf_counter() - start) / batches_timed
+    return {"records": len(source), "loader_s": loader_s, "step_s": step_s,
             "latents_shape": list(first["latents"].shape)}
 
 

@@ -126,6 +126,8 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
         return scalars
 
     def evaluate(state):
+        if not t.eval_batches:             # 0: no final evaluation (as the MV-DiT trainer)
+            return {}
         eval_source = source
         if d.val_path:
             val_config = d.copy_and_resolve_references()
