@@ -8,8 +8,7 @@ elsewhere, `PrecomputedEncoder({prompt: [L, dim]}, encoder_id)`), writes them to
 id, negative-prompt key, counts). Entries are written in key order, so the same prompts give
 the same bytes; `previous=` (an earlier build's `text_cache/`) supplies entries it already
 holds, so a rebuild encodes only new prompts, and the encoder is built lazily (a build whose
-prompts are all cached never loads it). `add_text_cache(dataset, config)` does the same on an
-already-built dataset and rewrites its manifest.
+prompts are all cached never loads it).
 
 Prompts come from `prompts` (a JSON object `{key: prompt}`, JSON lines
 `{"key": ..., "prompt": ...}` or `key<TAB>prompt` lines; a clip is looked up by its record key,
@@ -34,7 +33,6 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mtvjax.data.shard_source import MANIFEST
 from mtvjax.data.text_embeddings import (CACHE_DIR, INDEX, INDEX_SCHEMA, TextCache,
                                          TextCacheError, array_record_reader, decode_entry,
                                          encode_entry, prompt_key)
@@ -321,15 +319,3 @@ def text_step(config, root, manifest: dict, encoder=None, previous=None) -> dict
 
 def keys_of(prompt: str, encoder_id: str) -> str | None:
     return prompt_key(prompt, encoder_id) if prompt else None
-
-
-def add_text_cache(dataset, config, encoder=None) -> dict:
-    """`text_step` on an already-built dataset folder: reuses its current cache, rewrites
-    `manifest.json` (atomically, by rename). Returns the manifest's `text` section."""
-    root = Path(dataset)
-    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    section = text_step(config, root, manifest, encoder)
-    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, root / MANIFEST)
-    return section

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import traceback
 
 EXIT_DATA = 1      # bad input files, missing paths, full disk, non-finite results

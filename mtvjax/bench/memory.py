@@ -86,7 +86,8 @@ def analyse(config, mesh_sizes: dict, frames: int, height: int, width: int,
     fam = registry.of(config)
     batch = steps.abstract_batch(config, global_batch, f, h, w,
                                  text_rows=512 if fam.HAS_TEXT else 0,
-                                 image_tokens=257 if fam.HAS_IMAGE else 0)
+                                 image_tokens=257 if fam.HAS_IMAGE else 0,
+                                 logvar=True)    # real-video records hold the VAE posterior
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=named_sharding(
         mesh, (None, "batch") + (None,) * (len(v.shape) - 2), rules)) for k, v in batch.items()}
     step_fn = steps.make_train_step(config, model, tx)

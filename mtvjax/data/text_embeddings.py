@@ -171,7 +171,7 @@ class DatasetText:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
         if "text" not in manifest:
             raise TextCacheError(f"{root}: the dataset has no prompt embeddings (build it with "
-                                 "text.enabled=True or run add_text_cache)")
+                                 "python -m data_pipeline.latents and a family with text)")
         self.section = manifest["text"]
         self.cache = TextCache(root / self.section["folder"])
         self.keys = {e["key"]: e["text_key"] for split in manifest["index"]

@@ -62,7 +62,6 @@ def plot_code_usage(counts, out_path, title: str | None = None) -> dict:
     fig = Figure(figsize=(7.0, 4.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ranks = np.arange(n)
     label = (f"active {active}/{n} = {stats['active_fraction']:.1%}, "
              f"perplexity {stats['perplexity']:.1f}")
     if active:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import traverse_util
 
 from mtvjax.checkpoint import conversion

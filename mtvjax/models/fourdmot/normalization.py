@@ -6,7 +6,6 @@ normalised first frame that `normalize` returns.
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
 
 
 def normalize(motion_mm, mean, std, differential: bool):

@@ -24,7 +24,7 @@ def chunked_attention(q, k, v, *, bias=None, mask=None, scale: float | None = No
     `chunk` queries per rematerialised step (<= 0: all); `kv_chunk` keys per online-softmax
     step (<= 0: all keys at once).
     """
-    t, s = q.shape[1], k.shape[1]
+    t = q.shape[1]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     chunk = t if chunk <= 0 else min(chunk, t)
     count = -(-t // chunk)
