@@ -59,7 +59,7 @@ from data_pipeline.motion_tokens import tokenize_windows
 from data_pipeline.output_folder import make_temp, remove_stale
 from data_pipeline.shard_writer import SPLITS, SplitWriter, write_dataset
 from data_pipeline.video_encoders import FamilyEncoders
-from data_pipeline.video_windows import VideoClip, iter_video_clips, window_key, window_pixels
+from data_pipeline.video_windows import VideoClip, clip_windows, iter_video_clips, window_key
 
 LATENT_DTYPES = {"float32": "<f4", "float16": "<f2"}
 PART_INFO = "part.json"
@@ -146,18 +146,13 @@ def clip_texts(config, clips: list[VideoClip], folder: Path) -> dict[str, np.nda
 
 
 def _clip_crops(vc: VideoClip, frames: int, config, report: Report):
-    """(window index, start, crop index, crop box, pixels) of every window × crop of a clip; a
-    window whose frames cannot be decoded goes into `report` and is left out."""
-    for w, start in enumerate(vc.starts):
-        try:
-            crops = window_pixels(vc, start, frames, int(config.crops_per_window),
-                                  int(config.seed))
-        except (ValueError, OSError, av.FFmpegError) as e:
-            report.errors.append({"path": vc.video, "message": f"{vc.clip.key}: unreadable "
-                                  f"video frames at motion frame {start}: {e}"})
-            continue
-        for c, (box, pixels) in enumerate(crops):
-            yield w, start, c, box, pixels
+    """`video_windows.clip_windows` of a clip; a video that cannot be decoded to the end goes
+    into `report` and the clip's remaining windows are left out."""
+    try:
+        yield from clip_windows(vc, frames, int(config.crops_per_window), int(config.seed))
+    except (ValueError, OSError, av.FFmpegError) as e:
+        report.errors.append({"path": vc.video, "message": f"{vc.clip.key}: unreadable video "
+                              f"frames: {e}"})
 
 
 def _groups(items, size: int):

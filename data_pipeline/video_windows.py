@@ -13,7 +13,8 @@ spans a gap of the detections), starting every `window_stride` frames of each co
 times to the clip's nearest resolution bucket (`model_buckets(base_resolution)`): the frames are
 resized to cover the bucket (`readers.video.cover_size`), then cropped at offsets drawn from the
 build seed and the window's key (`readers.video.crop_offset`), so a rebuild gives the same
-pixels. Pixels are float32 in [−1, 1].
+pixels. Pixels are float32 in [−1, 1]; a clip's video is decoded once for all its windows
+(`clip_windows`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 from mtvjax.data.buckets import nearest_bucket, scale_buckets
 
 from data_pipeline.build import Clip, Report, iter_clips
-from data_pipeline.readers.video import cover_size, crop_offset, decode_frames, video_info
+from data_pipeline.readers.video import cover_size, crop_offset, iter_frames, video_info
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,18 +147,27 @@ def crop_box(vc: VideoClip, start: int, crop: int, seed: int) -> tuple[int, int,
     return crop_offset(vc.size, vc.bucket, seed, window_key(vc.clip.key, start, crop)) + vc.bucket
 
 
-def window_indices(vc: VideoClip, start: int, frames: int) -> np.ndarray:
-    return vc.clip.record.frame_indices[start:start + frames]
-
-
-def window_pixels(vc: VideoClip, start: int, frames: int, crops: int, seed: int
-                  ) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """(crop box, float32 `[frames, h, w, 3]` in [−1, 1]) for each crop of a window (the frames
-    decoded once)."""
-    resized = decode_frames(vc.video, window_indices(vc, start, frames), vc.size)
-    out = []
-    for c in range(crops):
-        top, left, h, w = box = crop_box(vc, start, c, seed)
-        pixels = resized[:, top:top + h, left:left + w].astype(np.float32) / 127.5 - 1.0
-        out.append((box, pixels))
-    return out
+def clip_windows(vc: VideoClip, frames: int, crops: int, seed: int) -> Iterator[tuple]:
+    """(window index, start, crop index, crop box, float32 `[frames, h, w, 3]` in [−1, 1]) for
+    every crop of every window of a clip, in window order, decoding the video once: frames are
+    kept only while a pending window needs them. ValueError when the video ends early."""
+    indices = vc.clip.record.frame_indices
+    spans = [indices[start:start + frames] for start in vc.starts]
+    needed = set(np.concatenate(spans).tolist())
+    frames_by_index, w = {}, 0
+    for i, image in iter_frames(vc.video, vc.size, needed.__contains__):
+        if image is not None:
+            frames_by_index[i] = image
+        while w < len(spans) and spans[w][-1] <= i:
+            window = np.stack([frames_by_index[j] for j in spans[w].tolist()])
+            for c in range(crops):
+                top, left, height, width = box = crop_box(vc, vc.starts[w], c, seed)
+                pixels = window[:, top:top + height, left:left + width]
+                pixels = pixels.astype(np.float32) / 127.5 - 1.0
+                yield w, vc.starts[w], c, box, pixels
+            w += 1
+            first = spans[w][0] if w < len(spans) else i + 1
+            frames_by_index = {j: f for j, f in frames_by_index.items() if j >= first}
+        if w == len(spans):
+            return
+    raise ValueError(f"{vc.video}: the video ended before video frame {int(spans[w][-1])}")

@@ -237,3 +237,29 @@ def test_windows_encode_data_parallel_over_local_devices(sets, tmp_path):
             for name in ("latents", "latents_logvar", "ref_latents"):
                 np.testing.assert_allclose(got[key][name], rec[name], atol=1e-5, rtol=1e-5,
                                            err_msg=f"{key} {name}")
+
+
+def test_each_clip_video_is_decoded_once_for_all_its_windows(sets, tmp_path, monkeypatch):
+    """Two windows × two crops per clip: one decoding pass per clip, records as the
+    independently decoded frames."""
+    from data_pipeline import latents, video_windows
+    passes = []
+    original = video_windows.iter_frames
+
+    def counting(path, *args, **kwargs):
+        passes.append(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(video_windows, "iter_frames", counting)
+    out = tmp_path / "ds"
+    manifest = latents.build(config_for("cogvideox", sets, out, windows_per_clip=2,
+                                        crops_per_window=2))
+    assert manifest["counts"]["clips"] == 3 and len(passes) == 3 and len(set(passes)) == 3
+    entries = {e["key"]: e for split in manifest["index"].values() for e in split}
+    got = records(out, "train")
+    assert len(got) >= 4
+    from data_pipeline.video_encoders import FamilyEncoders
+    encoders = FamilyEncoders(config_for("cogvideox", sets, out))
+    for key, rec in list(got.items())[:2]:
+        (mean, _), = encoders.posteriors([window_pixels(entries[key])])
+        np.testing.assert_allclose(rec["latents"], mean, atol=1e-4, rtol=1e-4)

@@ -58,6 +58,20 @@ def video_info(path: str) -> VideoInfo:
                          float(rate) if rate else 0.0)
 
 
+def iter_frames(path: str, size: tuple[int, int] | None = None, keep=None):
+    """(index, uint8 `[H, W, 3]` RGB frame) in decode order, each resized to (height, width)
+    `size` first (None keeps the video's size); frames whose index `keep(index)` rejects are
+    decoded but not converted (None in their place). Decoding stops when the caller stops."""
+    kwargs = {} if size is None else {"height": size[0], "width": size[1],
+                                      "interpolation": "BILINEAR"}
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            yield i, (frame.to_ndarray(format="rgb24", **kwargs)
+                      if keep is None or keep(i) else None)
+
+
 def decode_frames(path: str, indices, size: tuple[int, int] | None = None,
                   crop: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """uint8 `[len(indices), H, W, 3]` RGB frames at the given decode-order indices.
@@ -74,22 +88,16 @@ def decode_frames(path: str, indices, size: tuple[int, int] | None = None,
         raise ValueError(f"{path}: negative frame index {int(indices.min())}")
     last = int(indices.max()) if indices.size else -1
     found, decoded = {}, 0
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for i, frame in enumerate(container.decode(stream)):
-            if i > last:
-                break
-            decoded = i + 1
-            if i not in wanted:
-                continue
-            kwargs = {} if size is None else {"height": size[0], "width": size[1],
-                                              "interpolation": "BILINEAR"}
-            image = frame.to_ndarray(format="rgb24", **kwargs)
-            if crop is not None:
-                top, left, h, w = crop
-                image = image[top:top + h, left:left + w]
-            found[i] = image
+    for i, image in iter_frames(path, size, wanted.__contains__):
+        if i > last:
+            break
+        decoded = i + 1
+        if image is None:
+            continue
+        if crop is not None:
+            top, left, h, w = crop
+            image = image[top:top + h, left:left + w]
+        found[i] = image
     if len(found) < len(wanted):
         raise ValueError(f"{path}: frame {last} requested, the video has {decoded} frames")
     if not indices.size:

@@ -278,6 +278,8 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
     sample = source[0]
     dataset = d.path if d.source == "shards" else "data.source=synthetic"
     check_image(config, sample, dataset)
+    if t.eval_batches and d.val_path:           # the held-out data too, before anything runs
+        check_image(config, make_source(config, "val", d.val_path)[0], d.val_path)
     config, notes = fit_config(config, sample)
     for note in notes:
         print(f"config: {note}", flush=True)
@@ -309,7 +311,6 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
         if not t.eval_batches:
             return {}
         eval_source = make_source(config, "val", d.val_path) if d.val_path else source
-        check_image(config, eval_source[0], d.val_path or dataset)
         eval_batches = make_latent_batches(eval_source, d.batch_size, d.shuffle_seed + 1,
                                            jax.process_index(), jax.process_count(), d.text_rows)
         return trainer.evaluate(state.params, eval_batches, t.eval_batches, config.seed + 1)
