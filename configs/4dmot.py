@@ -7,7 +7,8 @@
 `paper` is the architecture of the paper and released checkpoint (8192 x 3072 codebook,
 48,323,075 trainable parameters) with the paper's differential-motion normalisation; `released`
 is the same network with the released checkpoint's normalisation (z-score only, the released
-statistics files) and its training script's commitment weight; `tiny` trains in minutes on CPU.
+statistics files), its training script's commitment weight and its trainer's dead-code reset
+rule (`quantizer.reset_rule`); `tiny` trains in minutes on CPU.
 """
 import ml_collections
 
@@ -38,6 +39,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         decay=0.99,
         dead_threshold=1.0,        # EMA count below which a code is dead
         reset_every=20,
+        reset_rule="paper",        # "paper": reset every dead code; "released": only codes never
+                                   # alive at a non-reset step (the released trainer's code)
         init_noise=0.01,
     ))
 
@@ -95,6 +98,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     elif variant == "released":
         c.normalization.differential = False
         c.quantizer.beta = 0.5
+        c.quantizer.reset_rule = "released"
     elif variant == "tiny":
         c.model.channels = (32, 64)
         c.model.num_res_blocks = 1

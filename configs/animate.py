@@ -16,9 +16,14 @@ run), text CFG 6.0, no motion CFG (the release has no unconditional motion token
 Long videos: more `frames` than `long.window` are generated window by window (`long.overlap`
 frames shared; see mtvjax/sample/long_video.py and the README's trade-off note).
 """
+import os
+
 import ml_collections
 
+from mtvjax.config import load_config
 from mtvjax.models.mvdit import registry
+
+MVDIT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mvdit.py")
 
 DEFAULT_PROMPT = "The character is dancing."
 NEGATIVE_PROMPT = "bad hands, extra limbs, fused fingers, blurry, low quality"
@@ -37,12 +42,21 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
     c.prompt_embeddings = ""       # .npz {prompt, negative}: [tokens, text_dim] (17B)
     c.text_dtype = "bfloat16"      # umT5 compute dtype (the released pipeline's)
     c.dtype = "bfloat16"           # transformer compute dtype (parameters cast to it)
+    # The MV-DiT's devices: its parameters are restored shard by shard into the shardings the
+    # training rules give (FSDP on `fsdp`, heads / MLP on `tensor`); -1: the remaining devices.
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.sharding_rules = load_config(f"{MVDIT_CONFIG}:tiny").sharding_rules   # configs/mvdit.py's
     c.seed = 6666 if variant == "7b" else 42
 
     c.motion = ml_collections.ConfigDict(dict(
         clip=0,                    # which clip of a multi-clip motion file
-        start=0,                   # first motion frame used
+        start=0,                   # first motion frame used (of the pose file's frames)
         stride=1,                  # read every stride-th motion frame
+        fps=0.0,                   # the pose file's frame rate; 0: the file's `fps`, if it
+                                   # carries one, else video.model_fps (frame for frame)
+        speed=1.0,                 # 2.0: the motion plays twice as fast (half the duration)
+        mpjpe_warn_mm=50.0,        # warn when a window's 4DMoT reconstruction error is above
+                                   # this (a judgement, not a released figure); 0: never
     ))
     recipe = registry.family(c.family).SAMPLER       # the family's released sampling run
     c.sampling = ml_collections.ConfigDict(dict(
@@ -55,7 +69,9 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
         frames=49,                 # output frames; more than long.window → long-video mode
         resolution=(512, 512) if variant == "7b" else (0, 0),   # (h, w); (0, 0): 17B bucket
         bucket_base=512,           # the bucket table's class when resolution is (0, 0)
-        fps=20.0,
+        fps=20.0,                  # frame rate written into the output video
+        model_fps=20.0,            # the rate the models generate at (released: 20 fps); the
+                                   # motion is resampled to it (mtvjax/sample/driving.py)
     ))
     c.long = ml_collections.ConfigDict(dict(
         window=49,                 # frames per window (the released models: 49 = 13 latents)

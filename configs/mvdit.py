@@ -65,6 +65,7 @@ from mtvjax.models.mvdit import registry
 # Logical axis name -> mesh axis (None: replicated). Declared once for all MV-DiT families.
 SHARDING_RULES = (
     ("batch", ("data", "fsdp")),
+    ("sequence", "context"),      # video tokens of the activations (context parallelism)
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -103,7 +104,9 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.param_dtype = "float32"
     c.remat = "none"               # none | full | dots_saveable | <jax.checkpoint_policies name>
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: remaining devices
+    # -1: remaining devices. context: video tokens split over devices (attention by all-to-all;
+    # model.num_heads must divide by context × tensor).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1))
     c.sharding_rules = SHARDING_RULES
     add_training(c, variant)
     return c

@@ -32,6 +32,8 @@ class FamilyEncoders:
             from mtvjax.models.vae.wan.convert import load_converted
             self.vae_config, self.params = load_converted(ck.vae)
             self.clip_config, self.clip_params = load_clip_vision(ck.clip)
+        # the VAE's weights on every local device (restored committed to the first one)
+        self.params = jax.device_put(self.params, NamedSharding(self.mesh, PartitionSpec()))
 
     @property
     def devices(self) -> int:

@@ -52,6 +52,7 @@ from mtvjax.data.latent_shard_source import KIND, MANIFEST_VERSION
 from mtvjax.data.stats import compute_stats
 from mtvjax.data.text_embeddings import CACHE_DIR, TextCache
 from mtvjax.models.mvdit import registry
+from mtvjax.parallel.distributed import process_slot
 
 from data_pipeline import text_cache
 from data_pipeline.build import Report
@@ -63,18 +64,6 @@ from data_pipeline.video_windows import VideoClip, clip_windows, iter_video_clip
 
 LATENT_DTYPES = {"float32": "<f4", "float16": "<f2"}
 PART_INFO = "part.json"
-
-
-def process_slot(environ=os.environ) -> tuple[int, int]:
-    """(index, count) of this process from MTVJAX_PROCESS_ID / MTVJAX_NUM_PROCESSES."""
-    try:
-        index = int(environ.get("MTVJAX_PROCESS_ID", 0))
-        count = int(environ.get("MTVJAX_NUM_PROCESSES", 1))
-    except ValueError:
-        raise ValueError("MTVJAX_PROCESS_ID / MTVJAX_NUM_PROCESSES must be integers") from None
-    if not 0 <= index < count:
-        raise ValueError(f"MTVJAX_PROCESS_ID={index} is not in [0, MTVJAX_NUM_PROCESSES={count})")
-    return index, count
 
 
 def parts_folder(config) -> Path:

@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "eval": "Evaluate from a config (`configs/eval_4dmot.py:NAME` or `configs/eval_video.py:NAME`).",
     "animate": "Reference image + motion → video (`--config configs/animate.py:7b --ref-image I "
                "--motion F --out O.mp4`).",
+    "generate": "Batch generation over a benchmark, resumable (`--config "
+                "configs/generate.py:tiktok --config.entries=E --config.out=O [--evaluate]`).",
     "export": "MV-DiT training run → converted checkpoint, LoRA merged (`--workdir W --dst D`).",
     "viz": "Render motion (`motion --motion F [--recon F] --out O.mp4`) or code usage (`codebook`).",
 }

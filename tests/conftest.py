@@ -75,3 +75,21 @@ def animate_inputs(tmp_path_factory):
     np.save(folder / "motion.npy", SyntheticMotionSource(1, (60, 60), seed=3)[0].motion)
     (folder / "broken.png").write_bytes(b"not an image")
     return folder
+
+
+def run_script_on_eight_devices(path: str, timeout: int = 1200):
+    """Runs test file `path` as a script on 8 simulated CPU devices (LLVM -O0: the programs
+    compile ~2x faster and run once) and returns the JSON of its last output line."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+                         "--xla_backend_optimization_level=0")
+    out = subprocess.run([sys.executable, os.path.abspath(path)], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(results, indent=1))
+    return results

@@ -12,6 +12,7 @@ import ml_collections
 import pytest
 
 from conftest import load_config
+from mtvjax.config import load_config as load_spec
 from mtvjax.tools import ablate, ablation_rows
 
 BAD_ROW = dict(name="bad_key", base="tokenizer", overrides={"model.no_such_switch": 1})
@@ -96,7 +97,20 @@ def test_overrides_and_row_selection():
     assert [r["name"] for r in ablation_rows.select_rows(rows, "1,quant_3d")] == ["no_quant", "quant_3d"]
     with pytest.raises(ValueError):
         ablation_rows.select_rows(rows, "nope")
-    for variant in ("tokenizer", "pe", "isa", "smoke"):
+    for variant in ("tokenizer", "reset_rule", "pe", "isa", "smoke"):
         config = load_config("ablate.py", variant)
         ablation_rows.check_rows(config.rows)
         assert config.rows and all(r["base"] in ablation_rows.FAMILIES for r in config.rows)
+        for row in config.rows:                        # every row's keys exist in its base
+            ablation_rows.apply_overrides(load_spec(config.bases[row["base"]]), row["overrides"])
+
+
+def test_real_motion_inputs_must_exist_and_extra_columns_show(tmp_path):
+    config = load_config("ablate.py", "reset_rule")
+    config.data.motion_inputs = (str(tmp_path / "absent.pkl"),)
+    with pytest.raises(FileNotFoundError, match=r"config\.data\.motion_inputs: .*absent\.pkl"):
+        ablate.motion_inputs(config, tmp_path / "motion")
+    row = {"name": "r", "eval": {"pa_mpjpe_mm": 12.5}, "train": {"commit": 0.25}}
+    table = ablate.format_table([row], ("eval.pa_mpjpe_mm", "train.commit", "eval.absent"))
+    assert table.splitlines()[0].endswith("| eval.pa_mpjpe_mm | train.commit | eval.absent | error |")
+    assert table.splitlines()[2].endswith("| 12.5 | 0.25 | — |  |")

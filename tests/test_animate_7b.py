@@ -88,7 +88,7 @@ def test_clear_errors_before_any_work(set7b, animate_inputs, tmp_path):
         animate(config, image, motion, tmp_path / "o.mp4", progress=False)
     with pytest.raises(ValueError, match="broken.png: cannot read the reference image"):
         animate(_config("7b", set7b), animate_inputs / "broken.png", motion, tmp_path / "o.mp4")
-    with pytest.raises(ValueError, match="motion.npy.*60 frames, too short for 97 frames"):
+    with pytest.raises(ValueError, match="motion.npy.*60 frames.*too short for 97 frames"):
         animate(_config("7b", set7b, video__frames=97, long__window=97), image, motion,
                 tmp_path / "o.mp4")
     result = _cli("--config", f"{REPO_ROOT}/configs/animate.py:7b",

@@ -208,11 +208,12 @@ def test_workdir_as_checkpoint(tmp_path):
 
 
 def test_relative_video_path_is_joined_once(tmp_path, monkeypatch):
-    from mtvjax.sample.animate import driving_motion
+    from conftest import load_config
+    from mtvjax.sample.driving import driving_motion
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "drive.mp4").write_bytes(b"")
     with open(tmp_path / "clips" / "m.pkl", "wb") as f:
         pickle.dump([{"pose": np.zeros((9, 24, 3), np.float32), "video_path": "drive.mp4"}], f)
     monkeypatch.chdir(tmp_path)
-    drive = driving_motion("clips/m.pkl", 9)
+    drive = driving_motion("clips/m.pkl", 9, load_config("animate.py", "7b").motion, model_fps=20.0)
     assert os.path.isfile(drive.video_path), drive.video_path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 MESHES = [(8, 1, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
@@ -98,15 +97,8 @@ def worker() -> dict:
 
 
 def test_one_step_agrees_on_every_mesh():
-    # LLVM -O0: the programs compile ~2x faster and run one step each
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-                         "--xla_backend_optimization_level=0")
-    out = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env,
-                         capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
-    print(json.dumps(results, indent=1))
+    from conftest import run_script_on_eight_devices
+    results = run_script_on_eight_devices(__file__)
     for variant, result in results.items():
         assert result["largest_update"] > 1e-4, variant        # the step did move the params
         for mesh, row in result["meshes"].items():

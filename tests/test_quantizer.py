@@ -18,7 +18,8 @@ def _state(codebook, counts=None):
     codebook = jnp.asarray(codebook, jnp.float32)
     counts = jnp.ones(codebook.shape[0]) if counts is None else jnp.asarray(counts, jnp.float32)
     return {"codebook": codebook, "ema_sum": codebook * counts[:, None], "ema_count": counts,
-            "initialized": jnp.array(True), "step": jnp.array(0, jnp.int32)}
+            "initialized": jnp.array(True), "step": jnp.array(0, jnp.int32),
+            "ever_used": jnp.zeros(codebook.shape[0], bool)}
 
 
 class QuantizeTest(chex.TestCase):

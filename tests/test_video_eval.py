@@ -85,7 +85,13 @@ def bench(tmp_path_factory):
     write_pngs(gen / "clip_c", _frames(2, h=48, w=56))                      # another size
     write_mp4(gt / "clip_c.mp4", c)
     (gen / "notes.txt").write_text("not a clip")
-    weights = root / "weights"
+    write_tiny_feature_nets(root / "weights")
+    return root
+
+
+def write_tiny_feature_nets(weights):
+    """Tiny random LPIPS (through `mtvjax convert`), InceptionV3 and I3D checkpoints under
+    `weights`, named as configs/eval_video.py expects them."""
     weights.mkdir()
     _, backbone, heads = lpips_files(weights, "alex", 16)
     _mtvjax("convert", "lpips", "--src", backbone, "--lin", heads, "--dst", weights / "lpips_alex")
@@ -94,7 +100,6 @@ def bench(tmp_path_factory):
     torch.save(randomize(TorchI3D(8, num_classes=8, pool_kernel=(2, 1, 1))).state_dict(),
                weights / "i3d.pt")
     convert_feature_net("i3d", weights / "i3d.pt", weights / "i3d_400")
-    return root
 
 
 def _config(bench, **overrides):

@@ -76,8 +76,14 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state, data_iterator, config: dict, force: bool = False) -> bool:
-        args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
+    def save(self, step: int, state, data_iterator, config: dict, force: bool = False,
+             chunk_bytes: int | None = None) -> bool:
+        """`chunk_bytes`: store each array in chunks of at most that size (Orbax default: one
+        chunk per array), so a sharded restore decodes only the chunks of each device's shard."""
+        save_args = (None if chunk_bytes is None else
+                     jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=chunk_bytes), state))
+        args = {"state": ocp.args.StandardSave(state, save_args=save_args),
+                "config": ocp.args.JsonSave(config)}
         if data_iterator is not None:
             args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         return self._manager.save(step, args=ocp.args.Composite(**args), force=force)
@@ -161,16 +167,35 @@ def _restore_config(manager: ocp.CheckpointManager, step: int) -> dict:
                               f"({_cause(e)})") from e
 
 
-def restore_entries(directory: str, step: int, abstract: dict) -> dict:
+def restore_entries(directory: str, step: int | None, abstract: dict,
+                    concurrent_gb: int | None = None) -> dict:
     """Only the top-level entries of a saved `state` that `abstract` names (e.g. the parameters
-    without the optimiser state), restored into its structure/shardings."""
-    manager = _manager(directory, None, create=False, state_handler=ocp.PyTreeCheckpointHandler())
+    without the optimiser state), restored into its structure/dtypes/shardings (latest step:
+    None). `concurrent_gb` bounds the bytes of shards being read at once (Orbax's default: 96)."""
+    manager = _manager(directory, None, create=False, state_handler=ocp.PyTreeCheckpointHandler(
+        restore_concurrent_gb=concurrent_gb))
     restore = ocp.args.PyTreeRestore(
         abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
         partial_restore=True)
     restored = manager.restore(step, args=ocp.args.Composite(state=restore))["state"]
     manager.close()
     return restored
+
+
+def stored_arrays(directory: str, step: int | None, entry: str) -> dict:
+    """Orbax's metadata (`shape`, `dtype`, `storage.chunk_shape`) of every array of top-level
+    entry `entry` of a saved `state`; no array is read. Latest step: None."""
+    manager = _manager(directory, None, create=False)
+    try:
+        step = manager.latest_step() if step is None else step
+        return manager.item_metadata(step)["state"][entry]
+    finally:
+        manager.close()
+
+
+def stored_dtypes(directory: str, step: int | None, entry: str) -> dict:
+    """The dtype of every array of top-level entry `entry` of a saved `state` (`stored_arrays`)."""
+    return jax.tree.map(lambda m: m.dtype, stored_arrays(directory, step, entry))
 
 
 def abstract_like(tree, sharding=None):

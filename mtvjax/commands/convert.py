@@ -3,7 +3,7 @@
   mtvjax convert 4dmot --src 4DMoT/mp_rank_00_model_states.pt --dst ckpt/4dmot \
       --mean ../shared/data/mtvcrafter_sample/mean.npy --std ../shared/data/mtvcrafter_sample/std.npy
   mtvjax convert mvdit7b --src MV-DiT/CogVideoX/transformer --dst ckpt/mvdit7b \
-      --joint_positions ../shared/data/mtvcrafter_sample/mean.npy
+      --joint_positions ../shared/data/mtvcrafter_sample/mean.npy   # --dtype float32: full size
   mtvjax convert mvdit7b --src CogVideoX-5b/transformer --source_format cogvideox --dst ckpt/base7b
   mtvjax convert mvdit17b --src MV-DiT/Wan --lora motion_lora.safetensors --dst ckpt/mvdit17b
   mtvjax convert mvdit17b --src Wan2.1-I2V-14B --source_format wan --dst ckpt/base17b
@@ -38,6 +38,9 @@ flags.DEFINE_string("lora", None, "mvdit17b: LoRA file merged into the weights f
 flags.DEFINE_string("lin", None, "lpips: the lpips package's linear heads (weights/v0.1/"
                     "alex.pth or vgg.pth) when --src is the torchvision backbone.")
 flags.DEFINE_integer("seed", 0, "Seed of freshly initialised modules (base-model conversion).")
+flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "mvdit*: dtype the parameters "
+                  "are stored in (each tensor cast as it is converted; recorded in the config "
+                  "JSON). bfloat16 halves the checkpoint and the memory of loading it.")
 flags.mark_flags_as_required(["src", "dst"])
 FLAGS = flags.FLAGS
 
@@ -64,7 +67,7 @@ def convert_mvdit7b():
     if source_format == "wan":
         raise UsageError("mvdit7b converts released MV-DiT-7B or CogVideoX weights, not Wan")
     return str(convert(FLAGS.src, FLAGS.dst, _variant("mvdit7b"), source_format, FLAGS.seed,
-                       FLAGS.joint_positions))
+                       FLAGS.joint_positions, save_dtype=FLAGS.dtype))
 
 
 def convert_mvdit17b():
@@ -72,7 +75,8 @@ def convert_mvdit17b():
     if FLAGS.source_format == "cogvideox":
         raise UsageError("mvdit17b converts released MV-DiT-17B or Wan weights, not CogVideoX")
     convert = module.convert_wan_base if FLAGS.source_format == "wan" else module.convert_mvdit17b
-    return str(convert(FLAGS.src, FLAGS.dst, lora=FLAGS.lora, variant=_variant("mvdit17b"), seed=FLAGS.seed))
+    return str(convert(FLAGS.src, FLAGS.dst, lora=FLAGS.lora, variant=_variant("mvdit17b"),
+                       seed=FLAGS.seed, save_dtype=FLAGS.dtype))
 
 
 def _feature_net(kind: str):

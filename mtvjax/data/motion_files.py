@@ -30,7 +30,7 @@ class MotionClip:
     motion: np.ndarray          # [frames, 24, 3] float32, millimetres
     name: str                   # file path plus clip index, for error messages and logs
     video_path: str | None = None
-
+    fps: float | None = None    # the file's frame rate, when it carries one
 
 def validate_motion(motion, name: str, min_frames: int = 1,
                     max_abs_mm: float = MAX_ABS_MM) -> np.ndarray:
@@ -68,14 +68,14 @@ def read_clips(path: str | os.PathLike, **rule) -> list[MotionClip]:
     except Exception as e:  # noqa: BLE001 - unreadable content becomes one error naming the file
         raise MotionFormatError(path, f"cannot read motion ({type(e).__name__}: {e})") from e
     if path.suffix.lower() not in PICKLE_SUFFIXES:
-        return [MotionClip(clips[0].motion, str(path))]
+        return [MotionClip(clips[0].motion, str(path), fps=clips[0].fps)]
     result = []
     for clip in clips:
         video = clip.video_path
         if video is not None and not os.path.isabs(video):
             video = str(path.parent / video)
         name = f"{path}[{clip.item}]" + ("" if clip.part is None else f"#{clip.part}")
-        result.append(MotionClip(clip.motion, name, video))
+        result.append(MotionClip(clip.motion, name, video, clip.fps))
     return result
 
 

@@ -32,8 +32,15 @@ def resample_linear(values: np.ndarray, src_fps: float, dst_fps: float) -> np.nd
         raise ValueError(f"frame rates must be positive, got {src_fps} -> {dst_fps}")
     if abs(src_fps - dst_fps) <= 1e-9 * src_fps:
         return values
-    times = resample_times(values.shape[0], src_fps, dst_fps)
-    lo = np.floor(times).astype(np.int64)
+    return sample_at(values, resample_times(values.shape[0], src_fps, dst_fps))
+
+
+def sample_at(values: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """`values [frames, ...]` at fractional frame positions `times` (within [0, frames - 1]),
+    linearly interpolated between the two neighbouring frames."""
+    values = np.asarray(values)
+    times = np.asarray(times, np.float64)
+    lo = np.clip(np.floor(times).astype(np.int64), 0, values.shape[0] - 1)
     hi = np.minimum(lo + 1, values.shape[0] - 1)
     w = (times - lo).reshape((-1,) + (1,) * (values.ndim - 1))
     out = values[lo] * (1.0 - w) + values[hi] * w

@@ -6,6 +6,9 @@ Without them, on a TPU VM pod or inside a SLURM job with several tasks, JAX's ow
 detection finds the coordinator; otherwise the run is single-process and nothing is initialised.
 `MTVJAX_HEARTBEAT_TIMEOUT` (seconds, default 60) bounds how long surviving processes wait
 before failing with an error when another process dies.
+
+`process_slot` reads the same two variables for work split without `jax.distributed`
+(independent processes that each take every count-th item: dataset building, batch generation).
 """
 from __future__ import annotations
 
@@ -43,3 +46,15 @@ def initialize_from_env() -> bool:
         return False
     _initialized = True
     return True
+
+
+def process_slot(environ=os.environ) -> tuple[int, int]:
+    """(index, count) of this process from MTVJAX_PROCESS_ID / MTVJAX_NUM_PROCESSES."""
+    try:
+        index = int(environ.get("MTVJAX_PROCESS_ID", 0))
+        count = int(environ.get("MTVJAX_NUM_PROCESSES", 1))
+    except ValueError:
+        raise ValueError("MTVJAX_PROCESS_ID / MTVJAX_NUM_PROCESSES must be integers") from None
+    if not 0 <= index < count:
+        raise ValueError(f"MTVJAX_PROCESS_ID={index} is not in [0, MTVJAX_NUM_PROCESSES={count})")
+    return index, count

@@ -1,13 +1,16 @@
 """Reference image + driving motion → animated video: the `mtvjax animate` pipeline.
 
-Steps: read the motion (`.pkl` through the restricted loader, `.npy`/`.npz`, or a folder of them)
-and take `video.frames` frames of one clip; plan the windows (`long_video.plan_windows`); tokenise
-each window's motion with the 4DMoT checkpoint (its quantised features, flattened frame-major,
-are the MV-DiT motion tokens); bring the reference image to the generation size and encode it;
-sample every window (motion CFG with the unconditional tokens, reused per window; later windows
-pinned to the previous window's last frames); decode, stitch, write the mp4 and, optionally, the
-side-by-side panel. Returns a report with the timings (seconds per sampling step measured on the
-compiled loop, compile time apart).
+Steps: read `video.frames` frames of one clip of the motion at the model's frame rate
+(`driving.driving_motion`); plan the windows (`long_video.plan_windows`); tokenise each window's
+motion with the 4DMoT checkpoint (its quantised features, flattened frame-major, are the MV-DiT
+motion tokens); bring the reference image to the generation size and encode it; sample every
+window (motion CFG with the unconditional tokens, reused per window; later windows pinned to the
+previous window's last frames); decode, stitch, write the mp4 and, optionally, the side-by-side
+panel. Returns a report with the timings (seconds per sampling step measured on the compiled
+loop, compile time apart), the 4DMoT reconstruction error per window and its warnings.
+
+`AnimateSession` holds the loaded models (MV-DiT, VAE, encoders, 4DMoT) so that many clips run
+against one load (`mtvjax generate`, `mtvjax.sample.generate`); `animate` is the one-clip path.
 
 An MV-DiT checkpoint whose config has `model.conditioning="isa"` (interspatial attention) takes
 each window's raw motion (`windows_mm[w:w+1]`, mm) instead of tokens; the 4DMoT checkpoint is
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,36 +30,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mtvjax.data.motion_files import load_clips
+from mtvjax.evaluate.video_eval import Clip, read_clip
 from mtvjax.models.mvdit import registry
 from mtvjax.sample import reference_image as RI
-from mtvjax.sample.long_video import plan_windows, stitch, window_motion
-from mtvjax.viz.skeleton_video import read_video_frames, render_motion_frames, write_video
-
-
-
-@dataclasses.dataclass
-class DrivingMotion:
-    motion: np.ndarray            # [frames, 24, 3] mm, at the requested stride
-    name: str
-    video_path: str | None        # the driving video, when the motion file names one
-    first_frame: int
-    stride: int
-
-
-def driving_motion(path, frames: int, clip: int = 0, start: int = 0,
-                   stride: int = 1) -> DrivingMotion:
-    """`frames` frames of clip `clip` from `start` at `stride`; too short a clip is an error."""
-    clips, _ = load_clips(path)
-    if not 0 <= clip < len(clips):
-        raise ValueError(f"{path}: has {len(clips)} clip(s), clip {clip} requested")
-    c = clips[clip]
-    span = start + (frames - 1) * stride + 1
-    if len(c.motion) < span:
-        raise ValueError(f"{c.name}: motion has {len(c.motion)} frames, too short for {frames} "
-                         f"frames from frame {start} at stride {stride} ({span} needed)")
-    # load_clips already resolved a relative video path against the motion file's folder
-    return DrivingMotion(c.motion[start:span:stride], c.name, c.video_path, start, stride)
+from mtvjax.sample.driving import DrivingMotion, driving_motion, reconstruction_warnings
+from mtvjax.sample.long_video import WindowPlan, plan_windows, stitch, window_motion
+from mtvjax.viz.skeleton_video import render_motion_frames, write_video
 
 
 def build_animator(config, progress: bool = True):
@@ -127,79 +107,152 @@ def _panel(reference_u8, driving, motion, recon, video_u8, size: int) -> np.ndar
     return np.concatenate([c[:n] for c in columns], axis=2)
 
 
-def _driving_frames(drive: DrivingMotion, frames: int):
-    """The driving video's frames matching the motion frames, or None when it is not there."""
-    if not drive.video_path or not Path(drive.video_path).is_file():
-        return None
-    video = read_video_frames(drive.video_path, drive.first_frame + frames * drive.stride)
-    return video[drive.first_frame::drive.stride][:frames]
+def driving_video_frames(path, source_frames) -> np.ndarray:
+    """uint8 `[frames, H, W, 3]`: the frames of a driving video (a video file or a folder of
+    frame images, frame k of the pose file = frame k of the video) at `source_frames`, rounded."""
+    index = np.round(np.asarray(source_frames, np.float64)).astype(np.int64)
+    kind = "frames" if os.path.isdir(path) else "video"
+    video = read_clip(Clip(Path(path).name, str(path), kind), int(index.max()) + 1)
+    if len(video) <= index.max():
+        raise ValueError(f"{path}: the driving video has {len(video)} frames, the motion needs "
+                         f"frame {int(index.max())}")
+    return video[index]
+
+
+def plan_for(config) -> WindowPlan:
+    """The window plan of `config.video.frames` (checked: 8k + 1 frames per window)."""
+    plan = plan_windows(int(config.video.frames), int(config.long.window),
+                        int(config.long.overlap))
+    check_window_frames(plan.window)
+    return plan
+
+
+@dataclasses.dataclass
+class Animation:
+    """One animated clip, before anything is written."""
+    video_u8: np.ndarray                  # [frames, H, W, 3]
+    window_mpjpe_mm: list | None          # 4DMoT reconstruction error per window
+    recon_mm: np.ndarray | None           # stitched 4DMoT reconstruction [frames, 24, 3]
+    seconds: dict                         # compile / sample / total seconds of this clip
+    steps: int                            # sampling steps run
+
+
+class AnimateSession:
+    """The models of an animate config, loaded once; `run` animates one reference + motion."""
+
+    def __init__(self, config, progress: bool = True):
+        from mtvjax.models.fourdmot.tokenizer import Tokenizer
+        self.config, self.progress = config, progress
+        self.isa = check_checkpoints(config)
+        self.plan = plan_for(config)
+        self.animator = build_animator(config, progress)
+        self.tokenizer, self.token_width = None, None
+        if config.checkpoints.tokenizer or not self.isa:
+            self.tokenizer = Tokenizer(config.checkpoints.tokenizer)
+            self.token_width = self.animator.motion_width
+            if self.isa:   # only for the panel / MPJPE: any code width will do
+                self.token_width = int(self.tokenizer.config.model.code_dim)
+        self.prompt = config.prompt
+
+    def use_prompt(self, prompt: str) -> None:
+        """Switches the 17B's text conditioning to `prompt` (encoded with the umT5 checkpoint)."""
+        if prompt == self.prompt:
+            return
+        from mtvjax.sample.animator_wan import text_embeddings
+        if not registry.family(self.config.family).HAS_TEXT or self.config.prompt_embeddings:
+            raise ValueError(f"prompt {prompt!r}: this config cannot encode prompts (the 7B has "
+                             "no text input; a 17B with prompt_embeddings has fixed ones)")
+        config = self.config.copy_and_resolve_references()
+        config.prompt = prompt
+        self.animator.text, self.animator.negative = text_embeddings(config)
+        self.prompt = prompt
+
+    def run(self, reference_u8: np.ndarray, motion_mm: np.ndarray, seed: int,
+            say=lambda stage: None) -> Animation:
+        """Animates `reference_u8` (at the generation size) with `motion_mm` `[frames, 24, 3]`."""
+        plan, animator, runs = self.plan, self.animator, self.animator.runs
+        before = (runs.compile_seconds, runs.sample_seconds, runs.steps_run)
+        started = time.perf_counter()
+        windows_mm = window_motion(motion_mm, plan)
+        tok = None
+        if self.tokenizer is not None:
+            say("tokenising the motion with 4DMoT (compiles once)")
+            tok = motion_tokens(self.tokenizer, windows_mm, self.token_width)
+        key_ref, key_windows = jax.random.split(jax.random.PRNGKey(int(seed)))
+        say("encoding the reference image")
+        cond = animator.prepare(RI.to_signed(reference_u8), plan.window, key_ref)
+        decoded, previous = [], None
+        for w in range(len(plan.starts)):
+            label = f"window {w + 1}/{len(plan.starts)}"
+            joints = windows_mm[w:w + 1, 0] if animator.dynamic_pe else None   # first-frame pose
+            tokens = None if self.isa else tok["tokens"][w:w + 1]
+            raw_mm = np.asarray(windows_mm[w:w + 1], np.float32) if self.isa else None
+            say(f"{label}: sampling {int(self.config.sampling.steps)} steps"
+                + (" (the first compiles the sampler)" if w == 0 else ""))
+            latents = animator.sample(cond, tokens, jax.random.fold_in(key_windows, w), previous,
+                                      label, joints, motion_mm=raw_mm)
+            say(f"{label}: decoding with the VAE")
+            decoded.append(animator.decode(latents))
+            previous = decoded[-1][-plan.overlap:] if plan.overlap else None
+        seconds = {"compile": runs.compile_seconds - before[0],
+                   "sample": runs.sample_seconds - before[1],
+                   "total": time.perf_counter() - started}
+        return Animation(RI.to_uint8(stitch(decoded, plan)),
+                         None if tok is None else [float(e) for e in tok["mpjpe_mm"]],
+                         None if tok is None else stitch(list(tok["recon_mm"]), plan),
+                         seconds, runs.steps_run - before[2])
+
+
+def read_driving(config, motion_path, frames: int, controls=None) -> DrivingMotion:
+    """`frames` frames of the driving motion at the model's rate (`controls`: a `motion`
+    section, the config's by default)."""
+    return driving_motion(motion_path, frames, controls or config.motion,
+                          float(config.video.model_fps))
 
 
 def animate(config, ref_image, motion_path, out_path, progress: bool = True) -> dict:
     """Writes `out_path` (.mp4) and, with `config.panel.enabled`, `OUT_panel.mp4`; returns a
     report (also written as `OUT.json`)."""
-    from mtvjax.models.fourdmot.tokenizer import Tokenizer
     started = time.perf_counter()
 
     def say(stage: str) -> None:   # what the minutes outside the sampling bar are spent on
         if progress:
             print(f"[{time.perf_counter() - started:5.1f} s] {stage}", file=sys.stderr, flush=True)
-    v, lg = config.video, config.long
+    v = config.video
     if Path(out_path).suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"{out_path}: the output must be .mp4 (or .gif)")
-    plan = plan_windows(int(v.frames), int(lg.window), int(lg.overlap))
-    check_window_frames(plan.window)
-    drive = driving_motion(motion_path, plan.frames, config.motion.clip, config.motion.start,
-                           config.motion.stride)
+    plan = plan_for(config)
+    drive = read_driving(config, motion_path, plan.frames)
     reference_u8 = RI.fit_reference(RI.load_image(ref_image), tuple(v.resolution), v.bucket_base)
-    isa = check_checkpoints(config)
 
     say(f"loading the {config.family} MV-DiT, VAE and encoders "
         f"({len(plan.starts)} window(s) of {plan.window} frames to sample)")
-    animator = build_animator(config, progress)
-    windows_mm = window_motion(drive.motion, plan)
-    tok = None
-    if config.checkpoints.tokenizer or not isa:
-        say("tokenising the motion with 4DMoT (compiles once)")
-        tokenizer = Tokenizer(config.checkpoints.tokenizer)
-        width = animator.motion_width
-        if isa:   # only for the panel / MPJPE: any code width will do
-            width = int(tokenizer.config.model.code_dim)
-        tok = motion_tokens(tokenizer, windows_mm, width)
-
-    key_ref, key_windows = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-    reference = RI.to_signed(reference_u8)
-    say("encoding the reference image")
-    cond = animator.prepare(reference, plan.window, key_ref)
-    decoded, previous = [], None
-    for w in range(len(plan.starts)):
-        label = f"window {w + 1}/{len(plan.starts)}"
-        joints = windows_mm[w:w + 1, 0] if animator.dynamic_pe else None   # first-frame pose
-        tokens = None if isa else tok["tokens"][w:w + 1]
-        motion_mm = np.asarray(windows_mm[w:w + 1], np.float32) if isa else None
-        say(f"{label}: sampling {int(config.sampling.steps)} steps"
-            + (" (the first compiles the sampler)" if w == 0 else ""))
-        latents = animator.sample(cond, tokens, jax.random.fold_in(key_windows, w), previous,
-                                  label, joints, motion_mm=motion_mm)
-        say(f"{label}: decoding with the VAE")
-        decoded.append(animator.decode(latents))
-        previous = decoded[-1][-plan.overlap:] if plan.overlap else None
-    video_u8 = RI.to_uint8(stitch(decoded, plan))
+    session = AnimateSession(config, progress)
+    result = session.run(reference_u8, drive.motion, int(config.seed), say)
+    video_u8 = result.video_u8
     write_video(video_u8, out_path, v.fps)
+    warnings = ([] if result.window_mpjpe_mm is None else
+                reconstruction_warnings(result.window_mpjpe_mm, float(config.motion.mpjpe_warn_mm)))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
+    runs = session.animator.runs
     report = {"out": str(out_path), "family": config.family, "frames": int(len(video_u8)),
               "height": int(video_u8.shape[1]), "width": int(video_u8.shape[2]),
               "windows": len(plan.starts), "window_starts": list(plan.starts),
-              "motion": drive.name, "steps": int(config.sampling.steps),
-              "seconds_per_step": animator.runs.seconds_per_step,
-              "compile_seconds": animator.runs.compile_seconds,
-              "sample_seconds": animator.runs.sample_seconds,
-              "conditioning": "isa" if isa else "motion_attention",
-              "tokenizer_mpjpe_mm": None if tok is None else float(np.mean(tok["mpjpe_mm"]))}
+              "motion": drive.name, "source_fps": drive.source_fps,
+              "model_fps": float(v.model_fps), "steps": int(config.sampling.steps),
+              "seconds_per_step": runs.seconds_per_step,
+              "compile_seconds": runs.compile_seconds, "sample_seconds": runs.sample_seconds,
+              "conditioning": "isa" if session.isa else "motion_attention",
+              "tokenizer_mpjpe_mm": (None if result.window_mpjpe_mm is None
+                                     else float(np.mean(result.window_mpjpe_mm))),
+              "window_mpjpe_mm": result.window_mpjpe_mm, "warnings": warnings}
     if config.panel.enabled:
-        recon = None if tok is None else stitch(list(tok["recon_mm"]), plan)
-        panel = _panel(reference_u8, _driving_frames(drive, plan.frames), drive.motion, recon,
-                       video_u8, int(config.panel.size))
+        driving = (driving_video_frames(drive.video_path, drive.source_frames)
+                   if drive.video_path and Path(drive.video_path).exists() else None)
+        panel = _panel(reference_u8, driving, drive.motion, result.recon_mm, video_u8,
+                       int(config.panel.size))
         panel_path = Path(out_path).with_name(Path(out_path).stem + "_panel.mp4")
         write_video(panel, panel_path, v.fps)
         report["panel"] = str(panel_path)

@@ -18,7 +18,7 @@ import numpy as np
 from mtvjax.models.mvdit.cogvideox.convert import restore_mvdit7b
 from mtvjax.models.mvdit.cogvideox.reference import reference_latents
 from mtvjax.models.vae.cogvideox.convert import restore_vae_cogvideox
-from mtvjax.sample.animator_common import (SamplingRuns, cast_floats, compute_dtype,
+from mtvjax.sample.animator_common import (SamplingRuns, compute_dtype, inference_mesh,
                                            motion_args, recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_7b
 
@@ -31,8 +31,9 @@ class CogVideoXAnimator:
     def __init__(self, config, progress: bool = True):
         dtype = compute_dtype(config.dtype)
         sampler, guidance = recipe_sampling(self.family, config.sampling)
-        _, self.model, params = restore_mvdit7b(config.checkpoints.mvdit, dtype=dtype)
-        self.params = cast_floats(params, dtype)
+        mesh, rules = inference_mesh(config)
+        _, self.model, self.params = restore_mvdit7b(config.checkpoints.mvdit, params_dtype=dtype,
+                                                     mesh=mesh, rules=rules, dtype=dtype)
         _, self.vae, self.vae_params = restore_vae_cogvideox(config.checkpoints.vae,
                                                              dtype=config.vae.dtype)
         self.tiling = bool(config.vae.tiling)
@@ -42,7 +43,7 @@ class CogVideoXAnimator:
         self.isa = self.model.conditioning == "isa"           # raw motion, no tokens
         self.dynamic_pe = self.model.motion_pe == "dynamic" and not self.isa
         self.runs = SamplingRuns(denoise_7b(self.model), sampler, guidance, dtype,
-                                 config.long.blend, progress)
+                                 config.long.blend, progress, mesh)
 
     def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
         """Per-video conditioning: `reference` `[H, W, 3]` in [−1, 1] repeated `frames` times."""

@@ -4,9 +4,12 @@ runs, progress and timing.
 An animator (`animator_cogvideox.CogVideoXAnimator`, `animator_wan.WanAnimator`) turns one
 window of motion tokens plus the reference conditioning into denoised latents and decodes them.
 `recipe_sampling` builds the sampler and CFG that the family's `SAMPLER` recipe names from the
-config's `sampling` section. `SamplingRuns` keeps one ahead-of-time compiled sampling loop per
-input signature (the first window, and later windows with their pinned overlap latents), reports
-compile and sampling seconds separately, and drives a progress bar from the loop's step callback.
+config's `sampling` section. `inference_mesh` reads the config's `mesh` and `sharding_rules`,
+with which the animators restore the MV-DiT's parameters sharded (FSDP / tensor); `SamplingRuns`
+places the other inputs on that mesh (replicated), so the compiled loop runs with the parameters'
+shardings, and keeps one ahead-of-time compiled sampling loop per input signature (the first
+window, and later windows with their pinned overlap latents), reports compile and sampling
+seconds separately, and drives a progress bar from the loop's step callback.
 """
 from __future__ import annotations
 
@@ -14,11 +17,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from mtvjax.diffusion import samplers
 from mtvjax.models.layers.dtypes import DTYPES
 from mtvjax.models.mvdit import registry
+from mtvjax.parallel.mesh import make_mesh
+from mtvjax.parallel.sharding import replicated
 from mtvjax.sample import guidance as G
 from mtvjax.sample.long_video import blend_weights, pin_first_latents
 from mtvjax.sample.loop import make_sample_fn
@@ -32,10 +38,22 @@ def compute_dtype(name: str):
     return DTYPES[name]
 
 
-def cast_floats(tree, dtype):
-    """Floating leaves of `tree` in `dtype` (bf16 halves the memory of a large model)."""
-    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                        tree)
+def inference_mesh(config) -> tuple[Mesh, tuple]:
+    """(mesh of `config.mesh`, `config.sharding_rules`): where an animator's MV-DiT lives; its
+    parameters are restored straight into these shardings (FSDP / tensor)."""
+    return make_mesh(dict(config.mesh)), tuple(tuple(r) for r in config.sharding_rules)
+
+
+def on_mesh(tree, mesh: Mesh):
+    """`tree`'s arrays on `mesh`: those already placed on it as they are (the sharded
+    parameters), the others (conditioning, keys) replicated."""
+    whole = replicated(mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and getattr(x.sharding, "mesh", None) == mesh:
+            return x
+        return jax.device_put(x, whole)
+    return jax.tree.map(put, tree)
 
 
 def _motion_guidance(sampling) -> G.Guidance:
@@ -75,9 +93,10 @@ class SamplingRuns:
     """Compiled `make_sample_fn` loops keyed by (latent shape, pinned latent frames)."""
 
     def __init__(self, denoise_fn, sampler, guidance, latent_dtype, blend: str = "hard",
-                 progress: bool = True):
+                 progress: bool = True, mesh: Mesh | None = None):
         self.denoise_fn, self.sampler, self.guidance = denoise_fn, sampler, guidance
         self.latent_dtype, self.blend, self.progress = latent_dtype, blend, progress
+        self.mesh = mesh             # the sharded parameters' mesh; inputs are placed on it
         self._compiled = {}
         self._bar = None
         self.compile_seconds = 0.0
@@ -107,11 +126,15 @@ class SamplingRuns:
         post_args = () if pinned_latents is None else (pinned_latents,)
         pinned = 0 if pinned_latents is None else int(pinned_latents.shape[1])
         args = (key,) + tuple(model_args)
+        if self.mesh is not None:   # compiled for the parameters' shardings, inputs replicated
+            args, post_args = on_mesh((args, post_args), self.mesh)
         compiled = self._get(shape, pinned, args, post_args)
         self._bar = (tqdm(total=self.sampler.num_steps, desc=label, unit="step", leave=False)
                      if self.progress else None)
         start = time.perf_counter()
         out = jax.block_until_ready(compiled(*args, post_args=post_args))
+        if self.mesh is not None:   # the VAE decodes on the default device
+            out = jax.device_put(out, jax.local_devices()[0])
         self.sample_seconds += time.perf_counter() - start
         self.steps_run += self.sampler.num_steps
         if self._bar is not None:

@@ -28,7 +28,7 @@ from mtvjax.models.mvdit.wan import model as mvdit_wan
 from mtvjax.models.mvdit.wan.reference import (MASK_CHANNELS, clip_features,
                                                image_condition)
 from mtvjax.models.vae.wan import model as vae_wan
-from mtvjax.sample.animator_common import (SamplingRuns, cast_floats, compute_dtype,
+from mtvjax.sample.animator_common import (SamplingRuns, compute_dtype, inference_mesh,
                                            motion_args, recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_17b
 
@@ -71,9 +71,10 @@ class WanAnimator:
         c = config.checkpoints
         dtype = compute_dtype(config.dtype)
         sampler, guidance = recipe_sampling(self.family, config.sampling)
-        model_config, params = convert_mvdit17b.load_converted(c.mvdit)
+        mesh, rules = inference_mesh(config)
+        model_config, self.params = convert_mvdit17b.load_converted(c.mvdit, dtype=dtype,
+                                                                    mesh=mesh, rules=rules)
         self.model = mvdit_wan.MVDiTWan(dataclasses.replace(model_config, dtype=config.dtype))
-        self.params = cast_floats(params, dtype)
         self.vae_config, self.vae_params = convert_vae_wan.load_converted(c.vae)
         self.clip_config, self.clip_params = load_clip_vision(c.clip)
         self.text, self.negative = text_embeddings(config)
@@ -88,7 +89,7 @@ class WanAnimator:
         self.motion_width = model_config.motion_dim
         self.dynamic_pe = model_config.motion_pe == "dynamic" and not self.isa
         self.runs = SamplingRuns(denoise_17b(self.model, use_motion), sampler, guidance, dtype,
-                                 config.long.blend, progress)
+                                 config.long.blend, progress, mesh)
 
     def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
         """Per-video conditioning from the reference `[H, W, 3]` in [−1, 1]."""

@@ -64,7 +64,13 @@ def fit_reference(image: np.ndarray, resolution: tuple[int, int], bucket_base: i
     centre-crop; (0, 0) → the nearest 17B bucket (scaled to `bucket_base`), plain resize."""
     h, w = (int(v) for v in resolution)
     if (h, w) == (0, 0):
-        return resize(image, bucket_for(image.shape[0], image.shape[1], bucket_base))
+        bucket = bucket_for(image.shape[0], image.shape[1], bucket_base)
+        if bucket[0] % multiple or bucket[1] % multiple:
+            raise ValueError(f"the {image.shape[0]}x{image.shape[1]} image's bucket at "
+                             f"video.bucket_base={bucket_base} is {bucket[0]}x{bucket[1]}, not "
+                             f"a multiple of {multiple}: use another base (e.g. 512) or set "
+                             "video.resolution")
+        return resize(image, bucket)
     if h <= 0 or w <= 0 or h % multiple or w % multiple:
         raise ValueError(f"resolution {h}x{w}: height and width must be positive multiples of "
                          f"{multiple} (VAE ×8, patch ×2)")

@@ -8,8 +8,9 @@ or `mvdit` = `configs/mvdit.py:tiny`, and dotted-key overrides):
 1. **Data** (`prepare_data`): the shards the rows need are built into `DIR/data` once, from
    procedural data the package makes itself (`data_pipeline.synthetic_inputs.write_inputs` →
    `data_pipeline.build` motion shards with a held-out `val` split; `data_pipeline.latents`
-   synthetic latent shards), unless `data.motion_path` / `data.latents_path` name existing
-   datasets. A lock file serialises concurrent builders (one job per row).
+   synthetic latent shards) or, for motion, from the real motion files `data.motion_inputs`
+   names (any format `data_pipeline.readers.ingest` reads), unless `data.motion_path` /
+   `data.latents_path` name existing datasets. A lock file serialises concurrent builders.
 2. **Rows** (`run_row`): the base config + the family preset + data paths and `steps` + the row's
    overrides (`row_overrides`; a key the config lacks is an error, as on the command line), then
    the normal trainer (`fourdmot_trainer.train` / `mvdit_trainer.train`) in a fresh workdir
@@ -19,7 +20,9 @@ or `mvdit` = `configs/mvdit.py:tiny`, and dotted-key overrides):
 3. **Table** (`write_table`): `DIR/ablation.md`, `DIR/ablation.json` and stdout, one row per grid
    entry: status, final train loss (mean over the last 10 % of steps; the last step's in the
    JSON), held-out MPJPE in mm (tokenizer rows) or held-out loss (MV-DiT rows), median step time
-   (s/step, compilation excluded), parameter count, and the error of failed rows.
+   (s/step, compilation excluded), parameter count, and the error of failed rows; a grid's
+   `columns` adds metrics of the final evaluation (`eval.KEY`) or the last train step
+   (`train.KEY`).
 
 At scale: `--config.only=ROW[,ROW...]` (names or grid indices, e.g. a SLURM array index) runs
 only those rows and rewrites the table over every row finished so far; `--config.prepare_only`
@@ -72,15 +75,29 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_motion(config, out: Path) -> None:
-    """Procedural motion (`write_inputs`) → motion shards with a val split (`data_pipeline.build`)."""
-    from data_pipeline.build import build
+def motion_inputs(config, out: Path) -> tuple[str, ...]:
+    """The motion files to build from: `data.motion_inputs` (checked to exist) or procedural
+    clips (`write_inputs`) written beside `out`."""
     from data_pipeline.synthetic_inputs import write_inputs
     d = config.data
-    pkl = write_inputs(out.parent / "motion_inputs", int(d.motion_clips),
-                       tuple(d.motion_frames), seed=int(d.seed))
+    if not d.motion_inputs:
+        return (write_inputs(out.parent / "motion_inputs", int(d.motion_clips),
+                             tuple(d.motion_frames), seed=int(d.seed)),)
+    missing = [p for p in d.motion_inputs if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"config.data.motion_inputs: {', '.join(missing)} not found "
+                                "(the grid needs this real motion data)")
+    return tuple(os.path.abspath(p) for p in d.motion_inputs)
+
+
+def build_motion(config, out: Path) -> None:
+    """Procedural or real motion (`motion_inputs`) → motion shards with a val split
+    (`data_pipeline.build`)."""
+    from data_pipeline.build import build
+    d = config.data
     build(ml_collections.ConfigDict(dict(
-        name="ablation_motion", inputs=(pkl,), output=str(out), ingest={}, target_fps=0.0,
+        name="ablation_motion", inputs=motion_inputs(config, out), output=str(out), ingest={},
+        target_fps=float(d.target_fps),
         min_frames=33, val_fraction=float(d.val_fraction), seed=int(d.seed), shard_records=1024,
         video=dict(store="reference", base_resolution=512, shard_frames=4096))))
     manifest = json.loads((out / MANIFEST).read_text())
@@ -158,7 +175,9 @@ def metrics_result(run_dir: Path) -> dict:
             "step_time_s": float(statistics.median(times)),
             "val_mpjpe_mm": _finite(final_eval.get("mpjpe_mm")),
             "val_loss": _finite(final_eval.get("loss")),
-            "eval": {k: float(v) for k, v in final_eval.items()}}
+            "eval": {k: float(v) for k, v in final_eval.items()},
+            "train": {k: float(v) for k, v in train[steps[-1]].items()
+                      if isinstance(v, (int, float))}}
 
 
 def config_param_count(config, family: str) -> int:
@@ -321,16 +340,26 @@ def _cell(key: str, value) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def format_table(results: list[dict]) -> str:
-    lines = ["| " + " | ".join(title for title, _ in COLUMNS) + " |",
-             "|" + "|".join("---" for _ in COLUMNS) + "|"]
+def _value(result: dict, key: str):
+    """`result[key]`, or for `eval.KEY` / `train.KEY` that metric of the row's final evaluation
+    / last train step."""
+    section, _, metric = key.partition(".")
+    if metric and section in ("eval", "train"):
+        return (result.get(section) or {}).get(metric)
+    return result.get(key)
+
+
+def format_table(results: list[dict], extra_columns=()) -> str:
+    columns = COLUMNS[:-1] + tuple((key, key) for key in extra_columns) + COLUMNS[-1:]
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
     for r in results:
-        lines.append("| " + " | ".join(_cell(key, r.get(key)) for _, key in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(key, _value(r, key)) for _, key in columns) + " |")
     return "\n".join(lines)
 
 
 def write_table(config, workdir: Path, results: list[dict]) -> str:
-    table = format_table(results)
+    table = format_table(results, tuple(config.columns))
     notes = []
     if any(r.get("overrides", {}).get("model.coord_dim") == 2 for r in results):
         notes.append("Rows with `model.coord_dim=2` report MPJPE over (x, y) only.")

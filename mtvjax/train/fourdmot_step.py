@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtvjax.evaluate.metrics import code_histogram, mpjpe, perplexity
+from mtvjax.evaluate.metrics import code_histogram, mpjpe, pa_mpjpe, perplexity
 from mtvjax.models.fourdmot import quantizer as vq
 from mtvjax.models.fourdmot.build import init_variables, quantizer_settings
 from mtvjax.models.fourdmot.forward import (forward, model_input, model_output_mm,
@@ -100,7 +100,8 @@ def make_train_step(config, model: FourDMoT, tx):
         if sw.quantize:
             qstate, qmetrics = vq.update_state(qstate, z, indices, reset_rng, settings)
         else:
-            qmetrics = {"dead_codes": jnp.array(0), "codes_reset": jnp.array(0)}
+            qmetrics = {"dead_codes": jnp.array(0), "codes_reset": jnp.array(0),
+                        "ever_used": jnp.array(0)}
         histogram = code_histogram(indices, k)
         metrics = {"loss": loss, "recon": l1, "commit": commitment,
                    "perplexity": perplexity(histogram), "lr": schedule(state.step),
@@ -121,9 +122,11 @@ def make_eval_step(config, model: FourDMoT):
         out = forward(model, state.params, state.quantizer["codebook"], batch["motion"],
                       state.stats, sw)
         recon_mm = model_output_mm(out["recon"], out["first"], state.stats, sw)
+        target_mm = batch["motion"][..., :sw.coord_dim]
         return {"recon": jnp.mean(jnp.abs(out["recon"] - out["input"])),
                 "commit": out["commitment"],
-                "mpjpe_mm": mpjpe(recon_mm, batch["motion"][..., :sw.coord_dim]),
+                "mpjpe_mm": mpjpe(recon_mm, target_mm),
+                "pa_mpjpe_mm": pa_mpjpe(recon_mm, target_mm),
                 "code_histogram": code_histogram(out["indices"], k)}
 
     return eval_step

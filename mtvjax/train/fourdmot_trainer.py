@@ -13,10 +13,11 @@ import sys
 import jax
 import numpy as np
 
-from mtvjax.checkpoint.manager import abstract_like
+from mtvjax.checkpoint.manager import abstract_like, stored_arrays
 from mtvjax.data.loader import make_batches, make_iterator, make_source
 from mtvjax.data.stats import compute_stats, load_stats
 from mtvjax.evaluate.metrics import active_code_fraction, perplexity
+from mtvjax.models.fourdmot import quantizer as vq
 from mtvjax.models.fourdmot.build import build_model
 from mtvjax.parallel.mesh import make_mesh
 from mtvjax.parallel.sharding import named_sharding, replicated
@@ -63,8 +64,19 @@ class FourDMoTTrainer:
         init = functools.partial(steps.init_state, self.config, self.model, self.tx, stats)
         return jax.jit(init, out_shardings=self.replicated)(jax.random.PRNGKey(self.config.seed))
 
-    def abstract_state(self) -> steps.TrainState:
-        return abstract_like(steps.abstract_state(self.config, self.model, self.tx), self.replicated)
+    def abstract_state(self, saved_quantizer=None) -> steps.TrainState:
+        """The state to restore into; `saved_quantizer` (the quantizer entries of the checkpoint
+        to restore) leaves out an entry an older checkpoint lacks (see `vq.as_saved`)."""
+        abstract = abstract_like(steps.abstract_state(self.config, self.model, self.tx),
+                                 self.replicated)
+        if saved_quantizer is None:
+            return abstract
+        return abstract.replace(quantizer=vq.as_saved(abstract.quantizer, saved_quantizer))
+
+    def completed(self, state: steps.TrainState) -> steps.TrainState:
+        """A state restored from an older checkpoint, with the entries it lacked (empty)."""
+        return state.replace(quantizer=jax.device_put(vq.with_ever_used(state.quantizer),
+                                                      self.replicated))
 
     def device_batch(self, batch: dict) -> dict:
         """Host batch (this process's share) → global arrays sharded over the mesh."""
@@ -82,7 +94,8 @@ class FourDMoTTrainer:
                             jax.process_index(), jax.process_count())
 
     def evaluate(self, state, source, num_batches: int) -> dict:
-        """Mean reconstruction metrics and code usage over a fixed, unaugmented pass."""
+        """Mean reconstruction metrics and code usage over a fixed, unaugmented pass, and the
+        shares of codes alive by EMA count (`live_codes`) and in the `ever_used` mask."""
         batches = self.batches(source, self.config.seed + 1, augment=False)
         totals, histogram = {}, 0
         for i in range(num_batches):
@@ -92,7 +105,19 @@ class FourDMoTTrainer:
                 totals[k] = totals.get(k, 0.0) + float(v) / num_batches
         totals["active_codes"] = float(active_code_fraction(histogram))
         totals["perplexity"] = float(perplexity(histogram))
+        quantizer = jax.device_get(state.quantizer)
+        totals["live_codes"] = float(np.mean(quantizer["ema_count"]
+                                             >= self.config.quantizer.dead_threshold))
+        totals["ever_used_codes"] = float(np.mean(quantizer["ever_used"]))
         return totals
+
+
+def saved_quantizer_entries(checkpointer, step: int) -> set[str] | None:
+    """The quantizer entries saved at `step` (None: unreadable, `restore_latest` falls back)."""
+    try:
+        return set(stored_arrays(checkpointer.directory, step, "quantizer"))
+    except Exception:  # noqa: BLE001 - missing or truncated metadata, whatever Orbax raises
+        return None
 
 
 def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
@@ -100,16 +125,19 @@ def train(config, workdir: str) -> tuple[steps.TrainState, dict]:
     d, t = config.data, config.train
     if d.batch_size % jax.process_count():
         raise ValueError(f"data.batch_size={d.batch_size} must divide by {jax.process_count()} processes")
+    trainer = FourDMoTTrainer(config)             # refuses bad quantizer settings: before any write
     checkpointer, latest = loop.open_checkpointer(config, workdir)
-    trainer = FourDMoTTrainer(config)
     source, load_errors = make_source(d, min(d.frame_counts))
     for error in load_errors:
         print(f"skipping bad clip: {error}", file=sys.stderr)
     data_iter = make_iterator(trainer.batches(source, d.shuffle_seed, augment=True),
                               d.num_threads, d.prefetch)
-    state = loop.restore_or_init(config, checkpointer, latest, workdir, trainer.abstract_state,
+    state = loop.restore_or_init(config, checkpointer, latest, workdir,
+                                 lambda: trainer.abstract_state(
+                                     saved_quantizer_entries(checkpointer, latest)),
                                  lambda: trainer.init_state(normalization_stats(config, source)),
                                  data_iter)
+    state = trainer.completed(state)
     window_histogram = [0]        # code usage summed since the last log line
 
     def train_step(state, batch, step):

@@ -16,9 +16,11 @@
   seeded stand-in features (`data.synthetic_image_rows` rows).
 * posterior: records with `latents_logvar` are sampled from the VAE posterior in the step.
 * state: parameters and optimiser state are created sharded from their logical axis names
-  (`init_sharded` with `config.mesh` / `config.sharding_rules`); the batch is sharded on `batch`.
-  The same code runs on one device, one host or many hosts. `train.init_from` loads pretrained
-  (e.g. converted) parameters; parameters it lacks (new unconditional tokens) keep their init.
+  (`init_sharded` with `config.mesh` / `config.sharding_rules`); the batch is sharded on `batch`,
+  and the step traces under `activation_sharding`, so a `context` mesh axis splits the video
+  tokens (`mtvjax.parallel.context_attention`). The same code runs on one device, one host or
+  many hosts. `train.init_from` loads pretrained (e.g. converted) parameters; parameters it
+  lacks (new unconditional tokens) keep their init.
 * checkpoints: async Orbax (state, data iterator, config) every `train.checkpoint_every` steps, at
   the end, after `train.stop_after_steps` steps of this run, and on SIGTERM before exiting
   (status 143). Rerunning resumes exactly (same losses as an uninterrupted run). With
@@ -49,8 +51,9 @@ from mtvjax.data.loader import make_iterator
 from mtvjax.models.fourdmot.tokenizer import restore_tokenizer
 from mtvjax.models.mvdit import registry
 from mtvjax.parallel.mesh import make_mesh
-from mtvjax.parallel.sharding import (abstract_sharded, init_sharded, named_sharding,
-                                      replicated)
+from mtvjax.parallel.context_attention import check_heads
+from mtvjax.parallel.sharding import (abstract_sharded, activation_sharding, init_sharded,
+                                      named_sharding, replicated)
 from mtvjax.train import mvdit_step as steps
 from mtvjax.train import loop, lora
 
@@ -136,6 +139,7 @@ class MVDiTTrainer:
         self.tx = steps.make_optimizer(config)
         self.mesh = make_mesh(dict(config.mesh), devices)
         self.rules = tuple(tuple(r) for r in config.sharding_rules)
+        check_heads(config.model.num_heads, dict(self.mesh.shape), self.rules)
         self.replicated = replicated(self.mesh)
         self.accum = int(config.optim.grad_accum_steps)
         self.tokenizer, self.frozen = None, None
@@ -211,7 +215,8 @@ class MVDiTTrainer:
                 self.abstract_state()
             jitted = jax.jit(self._step_fn, out_shardings=(self.state_shardings, self.replicated),
                              donate_argnums=0)
-            compiled = jitted.lower(state, batch, self.frozen).compile()
+            with activation_sharding(self.mesh, self.rules):   # video tokens over `context`
+                compiled = jitted.lower(state, batch, self.frozen).compile()
             cost = compiled.cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             self.flops_per_step = float((cost or {}).get("flops", float("nan")))
@@ -231,7 +236,8 @@ class MVDiTTrainer:
             finally:
                 self.accum = saved
             key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-            losses.append(float(self._eval_fn(params, batch, key, self.frozen)))
+            with activation_sharding(self.mesh, self.rules):
+                losses.append(float(self._eval_fn(params, batch, key, self.frozen)))
         return {"loss": float(np.mean(losses))}
 
 

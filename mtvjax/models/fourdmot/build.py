@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtvjax.errors import ConfigError
 from mtvjax.models.fourdmot import quantizer as vq
 from mtvjax.models.fourdmot.model import FourDMoT
 
@@ -21,8 +22,12 @@ def build_model(model_config) -> FourDMoT:
 def quantizer_settings(config) -> vq.QuantizerSettings:
     """The EMA / dead-code settings of a config's `quantizer` section."""
     q = config.quantizer
+    if q.reset_rule not in vq.RESET_RULES:
+        raise ConfigError(f"config.quantizer.reset_rule={q.reset_rule!r}: use one of "
+                          + ", ".join(vq.RESET_RULES))
     return vq.QuantizerSettings(decay=q.decay, dead_threshold=q.dead_threshold,
-                                reset_every=q.reset_every, init_noise=q.init_noise)
+                                reset_every=q.reset_every, init_noise=q.init_noise,
+                                reset_rule=q.reset_rule)
 
 
 def init_variables(model: FourDMoT, rng: jax.Array) -> tuple[dict, dict]:

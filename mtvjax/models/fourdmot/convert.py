@@ -185,11 +185,14 @@ def target_shapes(abstract) -> dict:
 
 
 def filled_quantizer(codebook) -> dict:
-    """The quantizer state of a trained codebook: EMA sums equal to it, unit counts."""
+    """The quantizer state of a trained codebook: EMA sums equal to it, unit counts, an empty
+    `ever_used` mask (the file holds no EMA history: fine-tuning observes usage afresh, as the
+    released trainer does when it starts from these weights)."""
     codebook = jnp.asarray(codebook)
     return {"codebook": codebook, "ema_sum": jnp.array(codebook),
             "ema_count": jnp.ones((codebook.shape[0],), jnp.float32),
-            "initialized": jnp.array(True), "step": jnp.array(0, jnp.int32)}
+            "initialized": jnp.array(True), "step": jnp.array(0, jnp.int32),
+            "ever_used": jnp.zeros((codebook.shape[0],), jnp.bool_)}
 
 
 def convert_state(src, mean_path, std_path, variant="released"):

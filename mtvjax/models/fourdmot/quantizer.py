@@ -6,11 +6,18 @@ The state lives in the non-trainable variable collection `quantizer`:
   ema_count   `[K]`     exponential moving average of how many vectors each code received
   initialized `[]` bool whether the codebook has been filled from encoder outputs
   step        `[]` int32 number of EMA updates applied
+  ever_used   `[K]` bool whether the code was alive (EMA count >= `dead_threshold`) after some
+              update that was not a reset step; never cleared, kept under either reset rule
 
 `update_state` is what a train step calls: it fills the codebook from the first batch, applies
 the EMA update and, every `reset_every` updates, re-seeds dead codes (EMA count below
 `dead_threshold`) from random encoder outputs of the current batch, re-seeding their EMA sums
-and counts too. Statistics are reduced over the *global* batch: under `jit` with the batch
+and counts too. Which dead codes are re-seeded is `reset_rule`:
+  "paper"     every dead code (the paper's rule; the default)
+  "released"  only dead codes outside `ever_used` (what the released trainer's code does: a code
+              that was alive once is never re-seeded again); its other defects (stale EMA sums
+              of re-seeded codes, per-device statistics) are not reproduced
+Statistics are reduced over the *global* batch: under `jit` with the batch
 sharded over data-parallel devices the sums below are all-reduced by XLA, so every replica
 holds the same codebook and the result does not depend on how the batch is split.
 """
@@ -23,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 COLLECTION = "quantizer"
+RESET_RULES = ("paper", "released")
 
 
 class QuantizerSettings(NamedTuple):
@@ -30,6 +38,7 @@ class QuantizerSettings(NamedTuple):
     dead_threshold: float = 1.0
     reset_every: int = 20
     init_noise: float = 0.01  # the tiling noise std is init_noise / sqrt(code_dim)
+    reset_rule: str = "paper"  # one of RESET_RULES: which dead codes a reset step re-seeds
 
 
 class Codebook(nn.Module):
@@ -47,7 +56,22 @@ class Codebook(nn.Module):
             "ema_count": self.variable(COLLECTION, "ema_count", jnp.zeros, (k,), jnp.float32).value,
             "initialized": self.variable(COLLECTION, "initialized", lambda: jnp.array(False)).value,
             "step": self.variable(COLLECTION, "step", lambda: jnp.array(0, jnp.int32)).value,
+            "ever_used": self.variable(COLLECTION, "ever_used", jnp.zeros, (k,), jnp.bool_).value,
         }
+
+
+def as_saved(abstract: dict, saved_names) -> dict:
+    """The entries of an abstract state to restore from a checkpoint whose quantizer holds
+    `saved_names`: one written before `ever_used` existed is restored without it."""
+    return {k: v for k, v in abstract.items() if k != "ever_used" or k in saved_names}
+
+
+def with_ever_used(state: dict) -> dict:
+    """A state restored without `ever_used` (see `as_saved`), with an empty mask as a fresh run
+    starts with; a state that has the mask is returned as it is."""
+    if "ever_used" in state:
+        return state
+    return {**state, "ever_used": jnp.zeros(state["ema_count"].shape, jnp.bool_)}
 
 
 def nearest_codes(codebook: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
@@ -117,11 +141,25 @@ def dead_codes(state: dict, settings: QuantizerSettings) -> jnp.ndarray:
     return state["ema_count"] < settings.dead_threshold
 
 
+def resettable_codes(state: dict, settings: QuantizerSettings) -> jnp.ndarray:
+    """Codes a reset step re-seeds under `settings.reset_rule`: `[K]` bool."""
+    dead = dead_codes(state, settings)
+    if settings.reset_rule == "released":
+        return dead & ~state["ever_used"]
+    return dead
+
+
+def mark_used(state: dict, settings: QuantizerSettings) -> dict:
+    """Adds the codes alive now to `ever_used` (called after non-reset updates only)."""
+    return {**state, "ever_used": state["ever_used"] | ~dead_codes(state, settings)}
+
+
 def reset_dead_codes(state: dict, z_flat: jnp.ndarray, rng: jax.Array,
                      settings: QuantizerSettings) -> dict:
-    """Moves dead codes onto random current encoder outputs, re-seeding sum and count to 1 vector."""
+    """Moves the resettable codes onto random current encoder outputs, re-seeding sum and count
+    to that one vector."""
     k, d = state["codebook"].shape
-    dead = dead_codes(state, settings)
+    dead = resettable_codes(state, settings)
     replacement = _sample_vectors(z_flat.astype(jnp.float32), k, rng, settings.init_noise / d ** 0.5)
     mask = dead[:, None]
     return {**state,
@@ -136,13 +174,16 @@ def update_state(state: dict, z: jnp.ndarray, indices: jnp.ndarray, rng: jax.Arr
 
     `z` are the (stop-gradient) encoder outputs `[..., D]` the indices were computed from,
     with the codebook already initialised by `initialize_from_batch`. Returns the new state
-    and metrics: `dead_codes` (count before any reset) and `codes_reset`.
+    and metrics: `dead_codes` (count before any reset), `codes_reset` and `ever_used` (size of
+    the mask after this update).
     """
     z_flat = jax.lax.stop_gradient(z).reshape(-1, z.shape[-1]).astype(jnp.float32)
     state = ema_update(state, z_flat, indices, settings)
     num_dead = dead_codes(state, settings).sum()
+    num_resettable = resettable_codes(state, settings).sum()
     due = (state["step"] % settings.reset_every) == 0
     state = jax.lax.cond(due, lambda s: reset_dead_codes(s, z_flat, rng, settings),
-                         lambda s: s, state)
-    return state, {"dead_codes": num_dead, "codes_reset": jnp.where(due, num_dead, 0)}
+                         lambda s: mark_used(s, settings), state)
+    return state, {"dead_codes": num_dead, "codes_reset": jnp.where(due, num_resettable, 0),
+                   "ever_used": state["ever_used"].sum()}
 

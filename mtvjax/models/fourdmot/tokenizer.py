@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtvjax.checkpoint.manager import abstract_like, read_config, restore_entries
+from mtvjax.checkpoint.manager import abstract_like, read_config, restore_entries, stored_arrays
+from mtvjax.models.fourdmot import quantizer as vq
 from mtvjax.models.fourdmot.build import abstract_variables, build_model
 from mtvjax.models.fourdmot.forward import forward, model_output_mm, switches
 from mtvjax.models.fourdmot.model import FourDMoT, decoded_frames, latent_frames
@@ -47,7 +48,10 @@ def restore_state(checkpoint_dir: str, step: int, model: FourDMoT) -> TokenizerS
     """The `TokenizerState` entries of a checkpoint's saved train state, on the first device."""
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = abstract_like(flax.serialization.to_state_dict(abstract_state(model)), device)
-    return TokenizerState(**restore_entries(checkpoint_dir, step, abstract))
+    abstract["quantizer"] = vq.as_saved(abstract["quantizer"],
+                                        stored_arrays(checkpoint_dir, step, "quantizer"))
+    restored = restore_entries(checkpoint_dir, step, abstract)
+    return TokenizerState(**{**restored, "quantizer": vq.with_ever_used(restored["quantizer"])})
 
 
 def mean_joint_error(pred, target) -> jnp.ndarray:

@@ -34,6 +34,7 @@ from mtvjax.models.layers.chunked_attention import chunked_attention
 from mtvjax.models.layers.norms import LayerNorm, RMSNorm
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
 from mtvjax.models.layers.splash_attention import splash_attention
+from mtvjax.parallel.context_attention import context_attention
 
 AttentionFn = Callable[..., jax.Array]
 
@@ -93,12 +94,15 @@ def available_attention_implementations() -> tuple[str, ...]:
 
 
 def dot_product_attention(q, k, v, *, bias=None, mask=None, scale: float | None = None,
-                          implementation: str | AttentionKernel | None = None) -> jax.Array:
+                          implementation: str | AttentionKernel | None = None,
+                          context_parallel: str | None = None) -> jax.Array:
     """softmax(q·kᵀ·scale + bias, masked) · v per head, on `[batch, seq, heads, head_dim]`.
 
     `mask` is boolean (True = attend) and, like `bias`, 4-D broadcastable to
     `[batch, heads, q_seq, kv_seq]`. `implementation` names a registered kernel or is an
-    `AttentionKernel` (module docstring).
+    `AttentionKernel` (module docstring). `context_parallel` marks the queries as the video tokens
+    that context parallelism shards (`mtvjax.parallel.context_attention`): "self" (k/v are the
+    same tokens) or "cross" (k/v are another, replicated sequence); no mask or bias then.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError("expected [batch, seq, heads, head_dim], got "
@@ -108,7 +112,13 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, scale: float | None 
     accepted = inspect.signature(fn).parameters
     options = {f.name: getattr(kernel, f.name) for f in dataclasses.fields(kernel)
                if f.name != "name" and f.name in accepted}
-    return fn(q, k, v, bias=bias, mask=mask, scale=scale, **options)
+    if context_parallel is None:
+        return fn(q, k, v, bias=bias, mask=mask, scale=scale, **options)
+    if context_parallel not in ("self", "cross") or mask is not None or bias is not None:
+        raise ValueError(f"context_parallel={context_parallel!r}: expected 'self' or 'cross', "
+                         "without mask or bias")
+    return context_attention(lambda q, k, v: fn(q, k, v, scale=scale, **options), q, k, v,
+                             keys_sharded=context_parallel == "self")
 
 
 def _jax_sdpa(implementation):

@@ -19,6 +19,11 @@ Logical names used here:
   motion_tokens rows of a learned motion-token sequence
   layers        the scanned layer axis (added by `nn.scan(metadata_params=...)`)
 
+Activations: `shard_video` pins the residual stream `[B, T, D]` to ("batch", "sequence", None)
+and `shard_video_rope` a per-token RoPE table to ("sequence", None), so under a `context` mesh
+axis every device keeps its block of video tokens (`mtvjax.parallel.context_attention`); outside
+`mtvjax.parallel.sharding.activation_sharding` both return their input.
+
 Numerics follow torch: norms in float32 cast back to the compute dtype; linear layers run in the
 compute dtype with float32 parameters cast down (as the bf16 reference model does).
 """
@@ -34,8 +39,22 @@ import jax.numpy as jnp
 from mtvjax.models.layers.attention import AttentionKernel, dot_product_attention, split_heads
 from mtvjax.models.layers.norms import LayerNorm
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
+from mtvjax.parallel.context_attention import SEQUENCE
+from mtvjax.parallel.sharding import constrain
 
 Axes = Sequence[str | None]
+
+
+def shard_video(x):
+    """The residual stream `[B, T, D]` of the video tokens, sharded over batch and sequence."""
+    return constrain(x, ("batch", SEQUENCE, None))
+
+
+def shard_video_rope(table: RopeTable | None) -> RopeTable | None:
+    """A RoPE table of the video tokens `[T, d/2]`, sharded like their sequence (None: None)."""
+    if table is None:
+        return None
+    return RopeTable(*(constrain(a, (SEQUENCE, None)) for a in table))
 
 
 def logical(init: Callable, axes: Axes) -> Callable:
@@ -204,7 +223,8 @@ class MVAttention(ComputeModule):
 
     Order: project → split heads (channel = head·head_dim + i) → norms → RoPE (q by `q_rope`, k
     by `k_rope`; v is never rotated) → SDPA through the `attention.dot_product_attention`
-    registry → merge heads → `to_out`. Same maths as `attention.cogvideox_attention`, plus
+    registry (context-parallel over the video tokens when `context_parallel` is set) → merge
+    heads → `to_out`. Same maths as `attention.cogvideox_attention`, plus
     logical axes per projection, `norm_v`, a boolean key `mask` and a zero-initialisable output
     projection.
     """
@@ -217,6 +237,7 @@ class MVAttention(ComputeModule):
     rope_layout: str = INTERLEAVED
     implementation: str | AttentionKernel | None = None
     out_zero_init: bool = False
+    context_parallel: str | None = None    # "self" | "cross": x is the context-sharded video
 
     @nn.compact
     def __call__(self, x, context=None, *, q_rope: RopeTable | None = None,
@@ -241,7 +262,8 @@ class MVAttention(ComputeModule):
             q = apply_rope(q, q_rope, self.rope_layout)
         if k_rope is not None:
             k = apply_rope(k, k_rope, self.rope_layout)
-        out = dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+        out = dot_product_attention(q, k, v, mask=mask, implementation=self.implementation,
+                                    context_parallel=self.context_parallel)
         out = out.reshape(*out.shape[:2], inner)
         return Linear(x.shape[-1], ("heads", "embed"), kernel_init=output_init(self.out_zero_init),
                       name="to_out", **kw)(out)

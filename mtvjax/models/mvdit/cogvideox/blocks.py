@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from mtvjax.models.layers.attention import AttentionKernel
 from mtvjax.models.mvdit import isa_conditioning as ISA
 from mtvjax.models.mvdit.blocks import (AdaLNModulation, ComputeModule, FeedForward, Linear,
-                                        MVAttention, logical, torch_linear_init)
+                                        MVAttention, logical, shard_video, torch_linear_init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +58,16 @@ class CogVideoXMVBlock(nn.Module):
         kw = dict(dtype=s.dtype, param_dtype=s.param_dtype, precision=s.precision)
         attn = dict(num_heads=s.num_heads, head_dim=s.head_dim, qk_norm=True,
                     norm_eps=s.qk_norm_eps, implementation=s.attention_implementation, **kw)
+        x = shard_video(x)
         h, c = AdaLNModulation(s.modulation_chunks, ("shift", "scale", "gate"), s.norm_eps,
                                name="norm1", **kw)(x, emb_act)
-        x = x + c["gate"] * MVAttention(name="attn1", **attn)(h, q_rope=vision_rope,
-                                                              k_rope=vision_rope)
+        x = x + c["gate"] * MVAttention(name="attn1", context_parallel="self", **attn)(
+            h, q_rope=vision_rope, k_rope=vision_rope)
         if self.has_motion:
             # Query from the raw residual stream; no norm, no modulation, no gate (7B §3.3.3).
             x = x + MVAttention(v_norm=s.motion_v_norm, out_zero_init=s.motion_out_zero_init,
-                                name="attn0", **attn)(x, motion, q_rope=motion_q_rope,
-                                                      k_rope=motion_k_rope)
+                                context_parallel="cross", name="attn0", **attn)(
+                x, motion, q_rope=motion_q_rope, k_rope=motion_k_rope)
         if self.isa is not None:
             x, point_tokens = ISA.apply_isa(self.isa, s.width, s.num_heads, x, self.grid,
                                             isa_inputs, point_tokens,
@@ -74,7 +75,7 @@ class CogVideoXMVBlock(nn.Module):
                                             **kw)
         h, c = AdaLNModulation(s.modulation_chunks, ("shift", "scale", "gate"), s.norm_eps,
                                name="norm2", **kw)(x, emb_act)
-        x = x + c["gate"] * FeedForward(s.mlp_ratio * s.width, name="ff", **kw)(h)
+        x = shard_video(x + c["gate"] * FeedForward(s.mlp_ratio * s.width, name="ff", **kw)(h))
         return x if self.isa is None else (x, point_tokens)
 
 

@@ -38,12 +38,14 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from mtvjax.checkpoint.converted import prepare_destination, restore_like, write_step0
+from mtvjax.checkpoint.converted import (SAVE_DTYPES, jsonable, prepare_destination,
+                                         restore_params, write_step0)
 from mtvjax.checkpoint.manager import config_to_json, read_config
 from mtvjax.checkpoint.conversion import (AS_IS, LINEAR, ConversionError, Entry, Rule, TensorSource,
                                       check_layout, fill_targets)
 from mtvjax.config import load_config
 from mtvjax.models.mvdit.cogvideox import model as mv
+from mtvjax.parallel.sharding import param_shardings
 
 CONFIG_FILE = Path(__file__).resolve().parents[4] / "configs" / "mvdit.py"
 SOURCE_FORMATS = ("auto", "mvdit7b", "cogvideox")
@@ -217,8 +219,9 @@ def fresh_targets(targets: dict, model_config) -> dict:
             if p == UNCOND or (is_stacked(p) and "attn0" in p)}
 
 
-def init_fresh(fresh: dict, width: int, zero_out: bool, seed: int) -> dict:
-    """numpy initialisation of `fresh` targets (module docstring), float32."""
+def init_fresh(fresh: dict, width: int, zero_out: bool, seed: int, dtype=np.float32) -> dict:
+    """numpy initialisation of `fresh` targets (module docstring), drawn in float32 and stored
+    in `dtype` as each is made."""
     rng = np.random.default_rng(seed)
     out = {}
     bound = np.float32(1.0 / np.sqrt(width))
@@ -233,7 +236,7 @@ def init_fresh(fresh: dict, width: int, zero_out: bool, seed: int) -> dict:
             value = np.zeros(shape, np.float32)
         else:
             value = rng.uniform(-bound, bound, shape).astype(np.float32)
-        out[path] = value
+        out[path] = value.astype(dtype)
     return out
 
 
@@ -256,9 +259,11 @@ def target_shapes(model) -> dict:
 
 
 def load_params(src, variant="7b", source_format: str = "auto", seed: int = 0,
-                joint_positions_path: str | None = None):
-    """Reads and converts `src`: (config, numpy params tree, summary dict). No checkpoint is
+                joint_positions_path: str | None = None, save_dtype: str = "float32"):
+    """Reads and converts `src`: (config, numpy params tree in `save_dtype`, summary dict),
+    each tensor cast as it is placed (no float32 copy of the whole model). No checkpoint is
     written; `convert_mvdit7b` does that."""
+    dtype = SAVE_DTYPES[save_dtype]
     if source_format not in SOURCE_FORMATS:
         raise ValueError(f"unknown source_format {source_format!r}; expected {SOURCE_FORMATS}")
     with TensorSource.open(src) as source:
@@ -277,13 +282,14 @@ def load_params(src, variant="7b", source_format: str = "auto", seed: int = 0,
                                                          config.model.out_channels),
                      src, what=f"MV-DiT-7B ({fmt} source)", stacked=is_stacked)
         arrays = fill_targets(source.get, mapped, table,
-                              rules(config.model.patch_size, config.model.out_channels))
-        arrays.update(init_fresh(fresh, model.width, config.model.motion_out_zero_init, seed))
+                              rules(config.model.patch_size, config.model.out_channels), dtype)
+        arrays.update(init_fresh(fresh, model.width, config.model.motion_out_zero_init, seed,
+                                 dtype))
         num_tensors = len(source.shapes)
     params = traverse_util.unflatten_dict(arrays)
     summary = {"src": str(src), "source_format": fmt, "variant": config.variant,
                "tensors": num_tensors, "fresh": sorted("/".join(p) for p in fresh),
-               "params": int(sum(a.size for a in arrays.values())),
+               "params": int(sum(a.size for a in arrays.values())), "save_dtype": save_dtype,
                "joint_positions": _joints_note(config.model)}
     return config, params, summary
 
@@ -298,32 +304,45 @@ def _joints_note(m) -> str:
 
 
 def convert_mvdit7b(src, dst, variant="7b", source_format: str = "auto", seed: int = 0,
-                    joint_positions_path: str | None = None) -> dict:
+                    joint_positions_path: str | None = None, save_dtype: str = "float32") -> dict:
     """Converts `src` (module docstring) into an Orbax checkpoint (step 0) under `dst`:
     `{"params": ...}` plus the config JSON, from which `restore_mvdit7b` rebuilds the model.
 
     `variant`: a name in configs/mvdit.py, a ConfigDict, or None (the `7b` config with the sizes
     read from the file). `joint_positions_path`: the dataset `mean.npy` for the motion RoPE; its
     values are stored in the config. `seed` drives the fresh parameters of the base path.
+    `save_dtype` ("float32" | "bfloat16"): the stored parameters' dtype, recorded in the config
+    JSON's `conversion` report.
     """
     dst = prepare_destination(dst)
     config, params, summary = load_params(src, variant, source_format, seed,
-                                          joint_positions_path)
-    save_params(dst, params, config)
+                                          joint_positions_path, save_dtype)
+    save_params(dst, params, config, summary)
     return {**summary, "dst": dst, "step": 0}
 
 
-def save_params(dst, params, config) -> None:
-    """Writes `{"params": params}` and the config JSON as step 0 under `dst`."""
-    write_step0(dst, params, config_to_json(config))
+def save_params(dst, params, config, conversion: dict | None = None) -> None:
+    """Writes `{"params": params}` and the config JSON (with the `conversion` report, when
+    given) as step 0 under `dst`."""
+    config_json = config_to_json(config)
+    if conversion is not None:
+        config_json["conversion"] = jsonable(conversion)
+    write_step0(dst, params, config_json)
 
 
-def restore_mvdit7b(directory, step: int | None = None, **model_overrides):
-    """(config, model, params) of a converted checkpoint; params as jax arrays."""
+def restore_mvdit7b(directory, step: int | None = None, *, params_dtype=None, mesh=None,
+                    rules=(), **model_overrides):
+    """(config, model, params) of a converted checkpoint; params as jax arrays, floating ones in
+    `params_dtype` (None: as saved; another dtype is cast shard by shard as it is read) and,
+    with a `mesh`, each in the sharding its logical axes get by `rules` (FSDP / tensor), read
+    shard by shard onto the devices (`mtvjax.checkpoint.converted.restore_params`)."""
     config_json, step = read_config(directory, step)
     config = ml_collections.ConfigDict(config_json)
     model = mv.from_config(config, **model_overrides)
-    return config, model, restore_like(directory, mv.abstract_params(model), step)
+    shapes = mv.abstract_params(model)
+    shardings = (None if mesh is None
+                 else param_shardings(mv.logical_axes(model), shapes, mesh, rules))
+    return config, model, restore_params(directory, shapes, step, params_dtype, shardings)
 
 
 def check_like(params, model) -> None:

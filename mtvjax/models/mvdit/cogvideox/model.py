@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtvjax.models.mvdit.blocks import (AdaLNModulation, Linear, TimestepEmbedding, logical,
-                                        timestep_sinusoid)
+                                        shard_video, shard_video_rope, timestep_sinusoid)
 from mtvjax.models.layers.attention import DEFAULT_IMPLEMENTATION, AttentionKernel
 from mtvjax.models.layers.dtypes import DTYPES, remat_policy
 from mtvjax.models.layers.norms import LayerNorm
@@ -284,8 +284,8 @@ class MVDiTCogVideoX(nn.Module):
             t_emb.astype(dtype))
         emb_act = nn.silu(emb)
 
-        tokens = PatchEmbed(width, p, self.text_embed_dim, name="patch_embed", **kw)(
-            x.astype(dtype))
+        tokens = shard_video(PatchEmbed(width, p, self.text_embed_dim, name="patch_embed",
+                                        **kw)(x.astype(dtype)))
         if self.uses_isa:
             tokens = self._isa_blocks(tokens, emb_act, motion_mm, motion_drop, camera, (f, gh, gw),
                                       (hh, ww), kw)
@@ -304,6 +304,7 @@ class MVDiTCogVideoX(nn.Module):
         motion_q = self.motion_query_rope_table(f, gh, gw)
         tables = [None if t is None else RopeTable(jnp.asarray(t.cos), jnp.asarray(t.sin))
                   for t in (vision, motion_q, motion_k)]
+        tables[:2] = map(shard_video_rope, tables[:2])    # the video tokens' tables
 
         group_size = self.motion_every or 1
         group = CogVideoXMVBlockGroup

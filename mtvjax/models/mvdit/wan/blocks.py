@@ -36,6 +36,7 @@ from mtvjax.models.layers.dtypes import remat_policy
 from mtvjax.models.layers.norms import LayerNorm, RMSNorm, layer_norm_f32
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
 from mtvjax.models.mvdit import isa_conditioning as ISA
+from mtvjax.models.mvdit.blocks import shard_video
 from mtvjax.models.mvdit.wan.config import WanDiTConfig
 
 LOGICAL_AXES = ("embed", "heads", "kv", "mlp", "layers", "sublayers")
@@ -106,8 +107,10 @@ class _WanAttentionBase(nn.Module):
         return out_proj(features, name, dtype=self.dtype, param_dtype=self.param_dtype,
                         precision=self.precision, **kw)
 
-    def _sdpa(self, q, k, v):
-        return dot_product_attention(q, k, v, implementation=self.implementation)
+    def _sdpa(self, q, k, v, context_parallel: str):
+        """`context_parallel`: "self" or "cross" (x is the video, `context_attention`)."""
+        return dot_product_attention(q, k, v, implementation=self.implementation,
+                                     context_parallel=context_parallel)
 
 
 class WanSelfAttention(_WanAttentionBase):
@@ -119,7 +122,7 @@ class WanSelfAttention(_WanAttentionBase):
         k = self._norm("norm_k")(self._proj("k")(x))
         v = self._proj("v")(x)
         q, k = apply_rope(q, rope, INTERLEAVED), apply_rope(k, rope, INTERLEAVED)
-        return self._out(x.shape[-1])(self._sdpa(q, k, v))
+        return self._out(x.shape[-1])(self._sdpa(q, k, v, "self"))
 
 
 class WanI2VCrossAttention(_WanAttentionBase):
@@ -132,11 +135,11 @@ class WanI2VCrossAttention(_WanAttentionBase):
         q = self._norm("norm_q")(self._proj("q")(x))
         k = self._norm("norm_k")(self._proj("k")(text))
         v = self._proj("v")(text)
-        out = self._sdpa(q, k, v)
+        out = self._sdpa(q, k, v, "cross")
         if image is not None:
             k_img = self._norm("norm_k_img")(self._proj("k_img")(image))
             v_img = self._proj("v_img")(image)
-            out = out + self._sdpa(q, k_img, v_img)
+            out = out + self._sdpa(q, k_img, v_img, "cross")
         return self._out(x.shape[-1])(out)
 
 
@@ -167,7 +170,7 @@ class WanMotionAttention(_WanAttentionBase):
         if k_rope is not None:
             k = apply_rope(k, k_rope, INTERLEAVED)
         return self._out(x.shape[-1], kernel_init=self.out_kernel_init,
-                         bias_init=self.out_bias_init)(self._sdpa(q, k, v))
+                         bias_init=self.out_bias_init)(self._sdpa(q, k, v, "cross"))
 
 
 class WanMotionBranch(nn.Module):
@@ -249,6 +252,7 @@ class WanBlock(nn.Module):
         point_tokens = None
         if isinstance(x, tuple):           # ISA: the carry holds the point tokens
             x, point_tokens = x
+        x = shard_video(x)
         dtype, pdt, f32 = cfg.compute_dtype, cfg.params_dtype, jnp.float32
         width = x.shape[-1]
         attn_kw = dict(num_heads=cfg.num_heads, head_dim=cfg.head_dim, epsilon=cfg.eps,
@@ -289,7 +293,7 @@ class WanBlock(nn.Module):
         dkw = dict(dtype=dtype, param_dtype=pdt, precision=cfg.precision)
         h = dense(cfg.ffn_dim, "ffn_0", ("embed", "mlp"), **dkw)(h)
         h = dense(width, "ffn_2", ("mlp", "embed"), **dkw)(nn.gelu(h, approximate=True))
-        x = (x.astype(f32) + h.astype(f32) * gate_ff).astype(dtype)
+        x = shard_video((x.astype(f32) + h.astype(f32) * gate_ff).astype(dtype))
         return (x if point_tokens is None else (x, point_tokens)), None
 
 

@@ -50,7 +50,8 @@ from flax import traverse_util
 from mtvjax.checkpoint.conversion import (AS_IS, LINEAR, ConversionError, Entry, Rule, TensorSource,
                                           check_layout, fill_targets, folder_config, format_keys,
                                           strip_prefix)
-from mtvjax.checkpoint.converted import jsonable, prepare_destination, restore_params, write_step0
+from mtvjax.checkpoint.converted import (SAVE_DTYPES, jsonable, prepare_destination, restore_params,
+                                         write_step0)
 from mtvjax.checkpoint.manager import read_config
 from mtvjax.models.layers.param_tree import count_params
 from mtvjax.models.layers.rope import wan_vision_rope
@@ -59,7 +60,9 @@ from mtvjax.models.mvdit.wan.config import (FAMILY, WanDiTConfig, block_location
                                             stacked_axes, wan_config)
 from mtvjax.models.mvdit.wan.lora import LoraPlan, lora_delta, read_lora
 from mtvjax.models.mvdit.wan.source import PREFIXES, open_source, resolve_config
-from mtvjax.models.mvdit.wan.model import is_trainable_path, param_shapes, released_motion_rope
+from mtvjax.models.mvdit.wan.model import (is_trainable_path, param_logical_axes, param_shapes,
+                                           released_motion_rope)
+from mtvjax.parallel.sharding import param_shardings
 
 # torch array -> Flax layout, given the target slot shape; the torch shape a slot expects
 RULES: dict[str, Rule] = {
@@ -215,11 +218,12 @@ def is_diffusers_layout(keys) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 
-def fresh_motion_params(config: WanDiTConfig, seed: int = 0,
-                        zero_motion_out: bool = True) -> dict:
+def fresh_motion_params(config: WanDiTConfig, seed: int = 0, zero_motion_out: bool = True,
+                        dtype=np.float32) -> dict:
     """Freshly initialised norm4 + motion_attn for every motion block (Flax initialisers of the
     model, key folded with the block index), stacked like the model's params; plus
-    `uncond_motion_tokens` ~ N(0, 1) when configured. `{path: float32 array}`."""
+    `uncond_motion_tokens` ~ N(0, 1) when configured. `{path: array in dtype}`, each block
+    cast as it is made."""
     branch = WanMotionBranch(config.num_heads, config.head_dim, config.eps,
                                config.heads_major_motion_keys)
     x = jnp.zeros((1, 1, config.dim), jnp.float32)
@@ -238,12 +242,12 @@ def fresh_motion_params(config: WanDiTConfig, seed: int = 0,
                 value = np.zeros_like(value)
             path = prefix + sub
             if path not in out:
-                out[path] = np.zeros(shapes[path].shape, np.float32)
+                out[path] = np.zeros(shapes[path].shape, dtype)
             out[path][index] = value
     if config.uncond_motion:
         key = jax.random.fold_in(base, config.num_layers)
         out[("uncond_motion_tokens",)] = np.asarray(jax.random.normal(
-            key, (config.num_uncond_motion_tokens, config.motion_dim), jnp.float32))
+            key, (config.num_uncond_motion_tokens, config.motion_dim), jnp.float32)).astype(dtype)
     return out
 
 
@@ -293,22 +297,22 @@ def save_params(dst: str, params: dict, config: WanDiTConfig, variant: str,
     write_step0(dst, params, jsonable(config_json))
 
 
-def load_converted(directory, step: int | None = None) -> tuple[WanDiTConfig, dict]:
-    """(config, params) of a checkpoint written by the converters (params in the saved dtype,
-    float32 by default)."""
+def load_converted(directory, step: int | None = None, *, dtype=None, mesh=None,
+                   rules=()) -> tuple[WanDiTConfig, dict]:
+    """(config, params) of a checkpoint written by the converters: floating params in `dtype`
+    (None: the dtype they were saved in; another one is cast shard by shard as it is read) and,
+    with a `mesh`, each placed in the sharding its logical axes get by `rules` (FSDP / tensor),
+    read shard by shard onto the devices (`mtvjax.checkpoint.converted.restore_params`)."""
     directory = str(directory)
     config_json, step = read_config(directory, step)
     family = config_json.get("model", {}).get("family")
     if family != FAMILY:
         raise ValueError(f"{directory}: not an MV-DiT-17B (wan) checkpoint (family {family!r})")
     config = wan_config(config_json)
-    dtype = config_json.get("conversion", {}).get("save_dtype", "float32")
-    return config, restore_params(directory, param_shapes(config), step, dtype)
-
-
-def _save_dtype(name: str):
-    import ml_dtypes
-    return {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[name]
+    shapes = param_shapes(config)
+    shardings = (None if mesh is None
+                 else param_shardings(param_logical_axes(config), shapes, mesh, rules))
+    return config, restore_params(directory, shapes, step, dtype, shardings)
 
 
 def convert_state_dict(source, variant="17b", *, lora=None, lora_scale: float = 1.0,
@@ -333,7 +337,7 @@ def convert_state_dict(source, variant="17b", *, lora=None, lora_scale: float = 
                                       with_motion=not base)
         fresh = {}
         if base:
-            fresh = fresh_motion_params(config, seed, zero_motion_out)
+            fresh = fresh_motion_params(config, seed, zero_motion_out, SAVE_DTYPES[save_dtype])
             # motion modules come from `fresh`, so their table entries are dropped
         elif config.uncond_motion:
             fresh = {k: v for k, v in fresh_motion_params(config, seed).items()
@@ -343,7 +347,7 @@ def convert_state_dict(source, variant="17b", *, lora=None, lora_scale: float = 
         if lora is not None:
             plan = read_lora(open_source(lora), lora_scale)
         params, report = convert_source(source, config, lora=plan, fresh=fresh,
-                                        save_dtype=_save_dtype(save_dtype), hint=hint)
+                                        save_dtype=SAVE_DTYPES[save_dtype], hint=hint)
     finally:
         if plan is not None:
             plan.source.close()

@@ -72,6 +72,7 @@ from mtvjax.models.layers.rope import (RopeTable, motion_positions, rope_table_n
                                        wan_motion_band_dims, wan_vision_band_dims, wan_vision_rope)
 from mtvjax.models.mvdit import isa_conditioning as ISA
 from mtvjax.models.mvdit import motion_pe as PE
+from mtvjax.models.mvdit.blocks import shard_video, shard_video_rope
 from mtvjax.models.mvdit.wan.blocks import (BlockContext, WanBlockGroup, WanHead,
                                             WanImageEmbedding, block_class, default_kernel_init,
                                             dense, partitioned, scanned)
@@ -169,6 +170,7 @@ class MVDiTWan(nn.Module):
             kernel_init=partitioned(default_kernel_init, (None, None, None, None, "embed")),
             bias_init=partitioned(nn.initializers.zeros, ("embed",)),
             name="patch_embedding")(patches.astype(dtype))
+        tokens = shard_video(tokens)
 
         # time embedding e and 6-way modulation e0, in float32
         fkw = dict(dtype=jnp.float32, param_dtype=pdt, precision=cfg.precision)
@@ -202,7 +204,8 @@ class MVDiTWan(nn.Module):
                                              wan_vision_band_dims(cfg.head_dim),
                                              wan_motion_band_dims(cfg.head_dim), 10000.0,
                                              np.float64))
-        ctx = BlockContext(e0, text, image, motion, vision_rope, motion_rope, motion_q_rope, isa)
+        ctx = BlockContext(e0, text, image, motion, shard_video_rope(vision_rope), motion_rope,
+                           shard_video_rope(motion_q_rope), isa)
         h = self._blocks(tokens, ctx, (gf, gh, gw))
         if isinstance(h, tuple):
             h = h[0]
