@@ -26,15 +26,8 @@ SAMPLE_RTOL = 1e-4       # of the latents' largest magnitude
 
 
 def _config(variant: str):
-    from mtvjax.config import load_config
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config = load_config(os.path.join(repo, "configs", "mvdit.py") + f":{variant}")
-    config.train.dtype = "float32"
-    config.data.batch_size = 8
-    config.data.synthetic_windows = 8
-    config.optim.warmup_steps = 0            # a real update at step 0
-    config.optim.learning_rate = LR
-    config.optim.eps = 1e-6                  # see test_mesh_equivalence_mvdit._config
+    from test_mesh_equivalence_mvdit import _config as mesh_test_config
+    config = mesh_test_config(variant)       # float32, batch 8, lr 1e-3 at step 0, eps 1e-6
     if variant == "tiny":
         config.model.num_heads, config.model.head_dim = 8, 16      # D = 128 as the tiny
         # the per-device kernel is the configured one: chunked queries and keys (17B: auto)
@@ -43,8 +36,6 @@ def _config(variant: str):
         config.model.motion_out_zero_init = False    # gradients reach the motion q, k, v
     else:
         config.model.num_heads, config.model.dim = 4, 512          # head_dim 128 (RoPE bands)
-        config.model.text_len = 8
-        config.model.num_layers = 4          # one scanned group, no unscanned tail
     return config
 
 

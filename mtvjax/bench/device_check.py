@@ -189,8 +189,8 @@ def main(argv=None):
           f"{args.batch}/device, {args.steps} timed steps", flush=True)
     rows = []
     for kernel in args.attention.split(","):
-        cmd = [sys.executable, "-m", "mtvjax.bench.device_check", "--one", kernel] + [
-            a for a in (argv if argv is not None else sys.argv[1:])]
+        cmd = [sys.executable, "-m", "mtvjax.bench.device_check", "--one", kernel,
+               *(argv if argv is not None else sys.argv[1:])]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not lines:
