@@ -43,8 +43,9 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
     c.text_dtype = "bfloat16"      # umT5 compute dtype (the released pipeline's)
     c.dtype = "bfloat16"           # transformer compute dtype (parameters cast to it)
     # The MV-DiT's devices: its parameters are restored shard by shard into the shardings the
-    # training rules give (FSDP on `fsdp`, heads / MLP on `tensor`); -1: the remaining devices.
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    # training rules give (FSDP on `fsdp` × `context`, heads / MLP on `tensor`); `context`
+    # splits the video tokens (heads must divide by context × tensor); -1: remaining devices.
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
     c.sharding_rules = load_config(f"{MVDIT_CONFIG}:tiny").sharding_rules   # configs/mvdit.py's
     c.seed = 6666 if variant == "7b" else 42
 

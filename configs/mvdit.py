@@ -1,4 +1,4 @@
-"""MV-DiT (motion video diffusion transformer). Variants: `tiny`, `7b`, `tiny17b`, `17b`.
+"""MV-DiT (motion video diffusion transformer). Variants: `tiny`, `7b`, `tiny17b`, `17b`, `17b_720p`.
 
   config = load_config("configs/mvdit.py:7b")
   model = mtvjax.models.mvdit.cogvideox.model.from_config(config)
@@ -66,14 +66,14 @@ from mtvjax.models.mvdit import registry
 SHARDING_RULES = (
     ("batch", ("data", "fsdp")),
     ("sequence", "context"),      # video tokens of the activations (context parallelism)
-    ("embed", "fsdp"),
+    ("embed", ("fsdp", "context")),   # parameters fully sharded over the context devices too
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("modulation", "tensor"),
     ("kv", None),
     ("layers", None),
     ("sublayers", None),
-    ("time_embed", "fsdp"),       # modulation kernels [E, k·D] are FSDP-sharded on E
+    ("time_embed", ("fsdp", "context")),   # modulation kernels [E, k·D] are sharded on E
     ("patch", None),
     ("text_embed", None),
     ("motion_tokens", None),
@@ -94,19 +94,33 @@ def model_fields(variant: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(presets[variant])
 
 
+# Full-size variants: the model preset each one trains and its mesh (-1: the remaining devices).
+# What fits is measured by the memory plan (`python -m mtvjax.bench.memory`, README table):
+# FSDP over all devices and full rematerialisation for 49 × 512 × 512; 81 × 720 × 1280 (75,600
+# video tokens) adds context parallelism over 8 devices (40 heads / 8), parameters sharded
+# over fsdp × context.
+FULL_SIZE = {
+    "7b": ("7b", dict(data=1, fsdp=-1, context=1, tensor=1)),
+    "17b": ("17b", dict(data=1, fsdp=-1, context=1, tensor=1)),
+    "17b_720p": ("17b", dict(data=1, fsdp=-1, context=8, tensor=1)),
+}
+
+
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
+    preset, mesh = FULL_SIZE.get(variant, (variant, dict(data=-1, fsdp=1, context=1, tensor=1)))
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.seed = 0
-    c.model = model_fields(variant)
+    c.model = model_fields(preset)
 
     c.dtype = "float32"            # compute dtype: float32 | bfloat16
     c.param_dtype = "float32"
-    c.remat = "none"               # none | full | dots_saveable | <jax.checkpoint_policies name>
+    # none | full | dots_saveable | <jax.checkpoint_policies name>; full-size: full (what fits)
+    c.remat = "full" if variant in FULL_SIZE else "none"
 
     # -1: remaining devices. context: video tokens split over devices (attention by all-to-all;
     # model.num_heads must divide by context × tensor).
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1))
+    c.mesh = ml_collections.ConfigDict(mesh)
     c.sharding_rules = SHARDING_RULES
     add_training(c, variant)
     return c
@@ -115,7 +129,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
 def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
     """The training sections (data, motion, schedule, optim, train) of an MV-DiT config."""
     family = registry.family(c.model.family)
-    full_size = variant in ("7b", "17b")
+    full_size = variant in FULL_SIZE
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic",        # synthetic (made in memory) | shards (data_pipeline.latents)
         path="",                   # shards: the built dataset folder (or DATASET/SPLIT)
@@ -183,6 +197,9 @@ def add_training(c: ml_collections.ConfigDict, variant: str) -> None:
         allow_config_change=False,  # resume although model/optim/data keys changed
     ))
     c.resume = True
+    if variant == "17b_720p":
+        c.data.synthetic_frames = 81
+        c.data.synthetic_latent_size = (90, 160)
     if not full_size:
         c.data.synthetic_windows = 64
         c.data.synthetic_frames = 9

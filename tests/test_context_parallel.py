@@ -5,7 +5,9 @@ before JAX starts) runs, for the tiny 7B with 8 heads, one train step (condition
 clipping on) on one device and on the (data, fsdp, context, tensor) meshes (1,2,4,1), (2,1,2,2),
 (1,1,8,1) (attention kernel "chunked"); the tiny 17B (4 heads, motion-only training with text
 dropout, kernel "auto") on (2,1,2,2); and two
-steps of each family's released sampler (with CFG) on one device and on a context mesh. It prints
+steps of each family's released sampler (with CFG) on one device and on a context mesh; and the
+Pallas splash kernel (interpret mode) per device under meshes with and without a context axis,
+forward and gradients against one-device "reference". It prints
 the largest deviations as JSON; the test checks them with the tolerances of
 `test_mesh_equivalence_mvdit`. 3 latent frames of 4×4 patches = 48 video tokens, which split over
 2, 4 and 8 devices.
@@ -126,6 +128,46 @@ def _sample(variant: str, config, params) -> dict:
             "rel_diff": float(np.abs(sharded - single).max() / np.abs(single).max())}
 
 
+def _splash() -> dict:
+    """The Pallas splash kernel (interpret mode) under a mesh: per device by shard_map, with and
+    without context parallelism; forward and q/k/v gradients against one-device `reference`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mtvjax.models.layers import attention as A
+    from mtvjax.parallel.mesh import make_mesh
+    from mtvjax.parallel.sharding import activation_sharding
+
+    rules = _config("tiny").sharding_rules
+    kernel = A.AttentionKernel("splash", chunk=128, kv_chunk=128)
+    keys = jax.random.split(jax.random.PRNGKey(5), 3)
+    q = jax.random.normal(keys[0], (4, 256, 4, 32))
+    memory = jax.random.normal(keys[1], (4, 50, 4, 32))      # a short replicated sequence
+
+    def grads(implementation, mode):
+        def loss(q, k, v):
+            out = A.dot_product_attention(q, k, v, implementation=implementation,
+                                          context_parallel=mode)
+            return (out * jnp.cos(out)).sum(), out
+        k, v = (q, jnp.flip(q, 1)) if mode == "self" else (memory, memory * 0.5)
+        fn = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+        return jax.jit(fn)(q, k, v), "shard_map" in str(jax.make_jaxpr(fn)(q, k, v))
+
+    rows = {}
+    for shape in ((2, 2, 1, 2), (1, 2, 2, 2)):
+        mesh = make_mesh(dict(zip(("data", "fsdp", "context", "tensor"), shape)))
+        for mode in ("self", "cross"):
+            ((_, want), want_grads), _ = grads("reference", mode)
+            with activation_sharding(mesh, rules):
+                ((_, out), out_grads), per_device = grads(kernel, mode)
+            diffs = [float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(b).max())
+                     for a, b in zip((out,) + tuple(out_grads), (want,) + tuple(want_grads))]
+            rows["x".join(map(str, shape)) + "/" + mode] = {"rel_diff": max(diffs),
+                                                            "shard_map": per_device}
+    return rows
+
+
 def worker() -> dict:
     import jax
     assert len(jax.devices()) == 8, jax.devices()
@@ -134,6 +176,7 @@ def worker() -> dict:
         train = _train(variant)
         sample = _sample(variant, train.pop("config"), train.pop("params"))
         results[variant] = {"train": train, "sample": sample}
+    results["splash"] = _splash()
     return results
 
 
@@ -160,8 +203,8 @@ def results():
 
 
 def test_train_step_agrees_on_context_meshes(results):
-    for variant, result in results.items():
-        train = result["train"]
+    for variant in TRAIN_MESHES:
+        train = results[variant]["train"]
         assert train["largest_update"] > 1e-4, variant        # the step did move the params
         assert set(train["meshes"]) == {"x".join(map(str, s)) for s in TRAIN_MESHES[variant]}
         for mesh, row in train["meshes"].items():
@@ -171,8 +214,15 @@ def test_train_step_agrees_on_context_meshes(results):
 
 
 def test_sampling_agrees_on_context_meshes(results):
-    for variant, result in results.items():
-        assert result["sample"]["rel_diff"] < SAMPLE_RTOL, (variant, result["sample"])
+    for variant in TRAIN_MESHES:
+        assert results[variant]["sample"]["rel_diff"] < SAMPLE_RTOL, results[variant]["sample"]
+
+
+def test_splash_runs_per_device_on_a_mesh(results):
+    rows = results["splash"]
+    assert set(rows) == {"2x2x1x2/self", "2x2x1x2/cross", "1x2x2x2/self", "1x2x2x2/cross"}
+    for name, row in rows.items():
+        assert row["shard_map"] and row["rel_diff"] < 1e-5, (name, row)
 
 
 if __name__ == "__main__":

@@ -287,6 +287,15 @@ def test_parity_single_safetensors(converted, inputs, reference_out):
     assert err < TOL
 
 
+@pytest.mark.parametrize("kernel", ["chunked", "splash"])
+def test_parity_per_attention_kernel(converted, inputs, reference_out, kernel):
+    """The memory-bounded kernels reproduce the release too (splash: Pallas interpret mode;
+    the masked text attention takes its chunked fallback)."""
+    config = WC.wan_config(TINY, attention=kernel, attention_chunk=3, attention_kv_chunk=4)
+    err = rel_err(run_jax(converted, inputs, config), reference_out)
+    assert err < TOL, err
+
+
 def test_parity_sharded_folder(tmp_path, reference, inputs, reference_out,
                                              converted):
     sd = {k: v.contiguous() for k, v in reference.state_dict().items()}

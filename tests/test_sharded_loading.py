@@ -4,7 +4,8 @@
 default); `restore_mvdit7b` / the 17B's `load_converted` restore them straight into the shardings
 of a mesh (8 simulated CPU devices in a subprocess), in the stored dtype or cast shard by shard;
 peak host memory of such a restore stays well below a float32 copy; the animators sample the same
-latents on an 8-device mesh as on one device.
+latents on an 8-device mesh (FSDP with context parallelism for the 7B, FSDP with tensor
+parallelism for the 17B) as on one device.
 """
 import json
 import os
@@ -219,7 +220,8 @@ import jax, numpy as np
 sys.path.insert(0, sys.argv[1])
 from test_sharded_loading import sample_latents
 out = {}
-for family, mesh in (("7b", dict(data=1, fsdp=4, tensor=2)), ("17b", dict(data=1, fsdp=8, tensor=1))):
+for family, mesh in (("7b", dict(data=1, fsdp=4, context=2, tensor=1)),
+                     ("17b", dict(data=1, fsdp=4, context=1, tensor=2))):
     latents, sharding = sample_latents(family, json.loads(sys.argv[2])[family], mesh)
     np.save(sys.argv[3] + "/" + family + ".npy", latents)
     out[family] = sharding
@@ -260,6 +262,7 @@ def test_animators_sample_the_same_latents_on_eight_devices(animate_sets, tmp_pa
     sets = {k: {n: v for n, v in s.items() if n != "flags"} for k, s in animate_sets.items()}
     specs = _run(SAMPLE_ON_MESH, REPO_ROOT / "tests", json.dumps(sets), tmp_path)
     assert "fsdp" in specs["7b"] and "fsdp" in specs["17b"]
+    assert "context" in specs["7b"]        # parameters sharded over fsdp × context
     for family in ("7b", "17b"):
         one, _ = sample_latents(family, sets[family])     # this process: one CPU device
         eight = np.load(tmp_path / f"{family}.npy")

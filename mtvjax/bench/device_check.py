@@ -128,7 +128,7 @@ def run_one(args) -> dict:
     from mtvjax.data.latent_records import latent_frames_for
     from mtvjax.models.mvdit import registry
     from mtvjax.parallel.mesh import make_mesh
-    from mtvjax.parallel.sharding import init_sharded, replicated
+    from mtvjax.parallel.sharding import activation_sharding, init_sharded, replicated
     from mtvjax.train import mvdit_step as steps
     from mtvjax.train.mvdit_trainer import fit_config
 
@@ -150,7 +150,8 @@ def run_one(args) -> dict:
     step = jax.jit(steps.make_train_step(config, model, tx),
                    out_shardings=(shardings, replicated(mesh)), donate_argnums=0)
     start = time.perf_counter()
-    compiled = step.lower(state, batch, None).compile()
+    with activation_sharding(mesh, rules):     # as the trainer traces its step
+        compiled = step.lower(state, batch, None).compile()
     compile_s = time.perf_counter() - start
     flops = step_flops(config, state, batch, mesh.size)
     times = []

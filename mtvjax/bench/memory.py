@@ -1,32 +1,39 @@
-"""Per-device memory of the real MV-DiT train step, compiled ahead of time on simulated devices.
+"""Memory plan: per-device bytes of the real MV-DiT train and sampling steps from the shipped
+configs, compiled ahead of time on simulated devices (nothing is allocated).
 
-    python -m mtvjax.bench.memory --config configs/mvdit.py:7b --mesh fsdp=8 \
-        [--remat none,full,dots_saveable] [--frames 49] [--height 512] [--width 512] \
-        [--batch-per-device 1] [--attention-chunk 512]
+    python -m mtvjax.bench.memory [--only NAME,...] [--list]
 
-Sets `--xla_force_host_platform_device_count` to the mesh size before JAX starts, builds the
-train state abstractly (`jax.eval_shape` + the config's sharding rules: nothing is allocated),
-lowers and compiles `train_step` (bf16 compute, float32 master weights and AdamW state,
-`train.dtype` of the config) for an abstract global batch of `batch-per-device × (data·fsdp)`
-clips of `frames` video frames at `height × width` (latents /8 in space, 1 + (frames−1)/4 in
-time; precomputed motion tokens; for wan also 512 text rows and 257 CLIP tokens), and prints per
-device, for each remat policy:
+Sets `--xla_force_host_platform_device_count` to the largest scenario's device count before JAX
+starts. Each scenario (`PLAN`) takes a shipped config exactly as it is (remat, attention, mesh,
+dtypes; only the mesh's -1 axis resolves to the scenario's devices) and compiles:
 
-* parameters and optimiser state (bytes of each leaf's shard, from the shardings),
-* XLA's `compiled.memory_analysis()`: arguments, outputs, aliased (donated) bytes, temporaries,
-* peak ≈ arguments + outputs − aliased + temporaries, and the compile time.
+* training: `MVDiTTrainer.compiled` of `configs/mvdit.py:VARIANT` — the trainer's own jitted
+  step (bf16 compute, float32 master weights and AdamW state, donated state, traced under the
+  config's activation sharding, so a `context` axis splits the video tokens) for an abstract
+  global batch of one clip per (data × fsdp) group: `frames` video frames at `height × width`
+  (latents /8 in space, 1 + (frames − 1)/4 in time), precomputed motion tokens, the VAE posterior
+  log-variance, and for the 17B 512 umT5 rows and 257 CLIP tokens;
+* sampling: the animator's compiled sampling loop (`SamplingRuns.compile`) of
+  `configs/animate.py:VARIANT` — the family's released sampler and guidance (CFG batch of 2),
+  the whole loop in one jit — with the MV-DiT's parameters in the config's dtype (bf16) in the
+  shardings `mtvjax convert` checkpoints restore into, for one 49-frame window.
 
-XLA:CPU has no flash attention, and the plain XLA attention would materialise [heads, S, S]
-logits (S = 13,312 tokens at 49×512×512: 34 GB per layer for 48 heads). The benchmark therefore
-sets the model's attention to "chunked" (`mtvjax.models.layers.chunked_attention`, chunk
-`--attention-chunk`, stored as `model.attention_chunk`): each query chunk's attention is
-rematerialised in the backward pass, so attention temporaries are one chunk's [heads, chunk, S]
-logits (the role cuDNN flash attention plays on GPU). The batch sharding survives the chunk loop
-without constraints (Shardy, jax 0.10).
+Per device it prints parameters (+ optimiser state for training, from the shardings) and XLA's
+`compiled.memory_analysis()`: peak ≈ arguments + outputs − aliased + temporaries, against the
+scenario's budget. Sampling compiles without XLA's loop-invariant code motion
+(`CPU_SAMPLING_OPTIONS`: on XLA:CPU it would hoist a float32 copy of all bf16 weights out of the
+layer scan, an artifact of CPU bf16 matmuls; with it the 17B on one device reads 106 GiB).
+Training keeps every pass (its figures include such copies of the float32 master weights'
+bf16 casts, so they are upper bounds). XLA:CPU has no fused attention: the configs' `auto` attention then takes the
+models' `chunked` kernel for long sequences (query chunks, rematerialised), which is what these
+figures measure; on GPU `auto` picks cuDNN flash attention, whose temporaries are smaller still.
+CPU buffer assignment is not the GPU's or TPU's: treat the figures as a plan, and check with
+`python -m mtvjax.bench.device_check` on the device.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -34,139 +41,206 @@ import time
 from mtvjax.bench.common import REPO
 
 GiB = 1024 ** 3
+CONFIGS = REPO / "configs"
+# XLA:CPU computes bf16 matmuls in float32; loop-invariant code motion then hoists a float32
+# copy of every layer's bf16 weights out of the layer scan (2 × the parameters' bytes), which
+# devices with native bf16 matmuls never make. Sampling (bf16 weights) is compiled without it.
+CPU_SAMPLING_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
 
 
-def parse_mesh(spec: str) -> dict[str, int]:
-    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
-    for part in filter(None, spec.split(",")):
-        name, _, value = part.partition("=")
-        if name not in sizes:
-            raise SystemExit(f"unknown mesh axis {name!r}; use data, fsdp, tensor")
-        sizes[name] = int(value)
-    return sizes
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: str            # train | sample
+    config: str          # configs/<file>:<variant>
+    devices: int
+    frames: int
+    height: int
+    width: int
+    budget_gib: float    # what it must fit per device
+    model: str = ""      # sample: the configs/mvdit.py preset of the checkpoint (default: variant)
+    overrides: tuple = ()   # (dotted key, value): test-size changes only (sample: "model.*" keys
+                            # change the checkpoint's model config)
+
+
+PLAN = (
+    Scenario("train-7b-512", "train", "mvdit.py:7b", 8, 49, 512, 512, 70),
+    Scenario("train-17b-512", "train", "mvdit.py:17b", 8, 49, 512, 512, 70),
+    Scenario("train-17b-720p-8", "train", "mvdit.py:17b_720p", 8, 81, 720, 1280, 70),
+    Scenario("train-17b-720p-16", "train", "mvdit.py:17b_720p", 16, 81, 720, 1280, 70),
+    Scenario("sample-7b-1", "sample", "animate.py:7b", 1, 49, 512, 512, 22),
+    Scenario("sample-7b-8", "sample", "animate.py:7b", 8, 49, 512, 512, 20),
+    Scenario("sample-17b-1", "sample", "animate.py:17b", 1, 49, 512, 512, 70),
+    Scenario("sample-17b-8", "sample", "animate.py:17b", 8, 49, 512, 512, 20),
+)
+# The same two paths at CPU-test size (tests/test_memory_plan.py).
+TINY_PLAN = (
+    Scenario("train-tiny-context", "train", "mvdit.py:tiny", 4, 9, 64, 64, 1,
+             overrides=(("mesh.data", 1), ("mesh.fsdp", -1), ("mesh.context", 2),
+                        ("model.attention_chunk", 16))),
+    Scenario("sample-tiny-2", "sample", "animate.py:7b", 2, 9, 64, 64, 1, model="tiny",
+             overrides=(("model.uncond_motion_shape", (72, 128)), ("sampling.steps", 2))),
+)
 
 
 def shard_bytes(tree) -> int:
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard)."""
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs / arrays (largest shard)."""
     import jax
     import numpy as np
     total = 0
     for leaf in jax.tree.leaves(tree):
-        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        sharding = getattr(leaf, "sharding", None)
+        shape = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape
         total += int(np.prod(shape)) * leaf.dtype.itemsize
     return total
 
 
-def analyse(config, mesh_sizes: dict, frames: int, height: int, width: int,
-            batch_per_device: int) -> dict:
-    """Lowers and compiles the train step of `config` on the simulated mesh; returns figures."""
-    import functools
+def _size(num_bytes: int) -> str:
+    return (f"{num_bytes / GiB:.2f} GiB" if num_bytes >= GiB / 10
+            else f"{num_bytes / 2 ** 20:.1f} MiB")
 
+
+def _figures(compiled, state_bytes: int, extra: dict) -> dict:
+    mem = compiled.memory_analysis()
+    args, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
+    alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
+    return {"state": state_bytes, "arguments": args, "outputs": out, "aliased": alias,
+            "temporaries": temp, "peak": args + out - alias + temp, **extra}
+
+
+def _latents(frames: int, height: int, width: int) -> tuple[int, int, int]:
+    from mtvjax.data.latent_records import latent_frames_for
+    return latent_frames_for(frames), height // 8, width // 8
+
+
+def train_figures(s: Scenario, config) -> dict:
+    """Compiles the trainer's step of `config` on `s.devices` devices (module docstring)."""
     import jax
     import numpy as np
 
-    from mtvjax.data.latent_records import latent_frames_for
+    from mtvjax.models.mvdit import registry
+    from mtvjax.train import mvdit_step as steps
+    from mtvjax.train.mvdit_trainer import MVDiTTrainer, fit_config
+
+    f, h, w = _latents(s.frames, s.height, s.width)
+    config, _ = fit_config(config, {"latents": np.zeros((f, 1, 1, 1))})
+    trainer = MVDiTTrainer(config, jax.devices()[:s.devices])
+    state = trainer.abstract_state()
+    sizes = dict(trainer.mesh.shape)
+    fam = registry.of(config)
+    batch = steps.abstract_batch(config, sizes["data"] * sizes["fsdp"], f, h, w,
+                                 text_rows=512 if fam.HAS_TEXT else 0,
+                                 image_tokens=257 if fam.HAS_IMAGE else 0, logvar=True)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding(v.ndim))
+             for k, v in batch.items()}
+    compiled = trainer.compiled(state, batch)
+    return _figures(compiled, shard_bytes(state.params) + shard_bytes(state.opt_state),
+                    {"mesh": sizes, "tflop": trainer.flops_per_step / 1e12})
+
+
+def sample_figures(s: Scenario, config) -> dict:
+    """Compiles the animator's sampling loop of `config` on `s.devices` devices."""
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+
+    from mtvjax.config import load_config
     from mtvjax.models.mvdit import registry
     from mtvjax.parallel.mesh import make_mesh
-    from mtvjax.parallel.sharding import abstract_sharded, named_sharding, replicated
-    from mtvjax.train import mvdit_step as steps
-    from mtvjax.train.mvdit_trainer import fit_config
+    from mtvjax.parallel.sharding import param_shardings, replicated
+    from mtvjax.sample.animator_common import (SamplingRuns, check_mesh_heads, compute_dtype,
+                                               recipe_sampling)
 
-    f = latent_frames_for(frames)
-    h, w = height // 8, width // 8
-    config, _ = fit_config(config, {"latents": np.zeros((f, 1, 1, 1))})
-    mesh = make_mesh(mesh_sizes)
+    model_config = load_config(f"{CONFIGS / 'mvdit.py'}:{s.model or config.variant}")
+    _override(model_config, [(k, v) for k, v in s.overrides if k.startswith("model.")])
+    fam = registry.of(model_config)
+    module, name = fam.ANIMATOR.split(":")
+    animator = getattr(importlib.import_module(module), name)
+    dtype = compute_dtype(config.dtype)
+    model = fam.build_model(model_config, config.dtype)
+    mesh = make_mesh(dict(config.mesh), jax.devices()[:s.devices])
     rules = tuple(tuple(r) for r in config.sharding_rules)
-    model = steps.build_model(config)
-    tx = steps.make_optimizer(config)
-    init = functools.partial(steps.init_state, config, model, tx)
-    state = abstract_sharded(init, mesh, rules, jax.random.PRNGKey(0))
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    global_batch = batch_per_device * mesh_sizes["data"] * mesh_sizes["fsdp"]
-    fam = registry.of(config)
-    batch = steps.abstract_batch(config, global_batch, f, h, w,
-                                 text_rows=512 if fam.HAS_TEXT else 0,
-                                 image_tokens=257 if fam.HAS_IMAGE else 0,
-                                 logvar=True)    # real-video records hold the VAE posterior
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=named_sharding(
-        mesh, (None, "batch") + (None,) * (len(v.shape) - 2), rules)) for k, v in batch.items()}
-    step_fn = steps.make_train_step(config, model, tx)
-    jitted = jax.jit(step_fn, out_shardings=(state_shardings, replicated(mesh)),
-                     donate_argnums=0)
+    check_mesh_heads(model_config.model.num_heads, mesh, rules)
+    shapes = fam.abstract_params(model_config)
+    shardings = param_shardings(fam.logical_axes(model_config), shapes, mesh, rules)
+    params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(
+        x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=sh),
+        shapes, shardings)
+    whole = replicated(mesh)
+    f, h, w = _latents(s.frames, s.height, s.width)
+    latent_shape, cond = animator.abstract_window(model, (1, f, h, w))
+    cond = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=whole) for x in cond)
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=whole)
+    sampler, guidance = recipe_sampling(config.family, config.sampling)
+    runs = SamplingRuns(animator.denoise_fn(model, config.sampling), sampler, guidance, dtype,
+                        config.long.blend, progress=False, mesh=mesh, rules=rules)
+    compiled = runs.compile(latent_shape, 0, (key, params) + cond,
+                            compiler_options=CPU_SAMPLING_OPTIONS)
+    return _figures(compiled, shard_bytes(params), {"mesh": dict(mesh.shape)})
+
+
+def _override(config, items) -> None:
+    for key, value in items:
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+
+
+def run(s: Scenario) -> dict:
+    from mtvjax.config import load_config
+    config = load_config(str(CONFIGS / s.config))
+    _override(config, [(k, v) for k, v in s.overrides
+                       if s.kind == "train" or not k.startswith("model.")])
     start = time.perf_counter()
-    lowered = jitted.lower(state, batch, None)
-    lower_s = time.perf_counter() - start
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start - lower_s
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    params = shard_bytes(state.params)
-    opt = shard_bytes(state.opt_state)
-    trainable, _ = steps.split_params(jax.tree.map(lambda x: x, state.params),
-                                      steps.trainable_predicate(config))
-    args, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
-    alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-    return {"params": params, "opt_state": opt, "arguments": args, "outputs": out,
-            "aliased": alias, "temporaries": temp, "peak": args + out - alias + temp,
-            "lower_s": lower_s, "compile_s": compile_s,
-            "flops": float((cost or {}).get("flops", float("nan"))),
-            "num_params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
-            "num_trainable": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable)),
-            "global_batch": global_batch, "latent_shape": (f, h, w)}
+    figures = (train_figures if s.kind == "train" else sample_figures)(s, config)
+    return {**figures, "seconds": time.perf_counter() - start}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=f"{REPO / 'configs' / 'mvdit.py'}:7b")
-    parser.add_argument("--mesh", default="fsdp=8", help="e.g. fsdp=8 or data=2,fsdp=4,tensor=2")
-    parser.add_argument("--remat", default="none,full,dots_saveable")
-    parser.add_argument("--frames", type=int, default=49)
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--batch-per-device", type=int, default=1)
-    parser.add_argument("--attention-chunk", type=int, default=512)
-    parser.add_argument("--dtype", default="", help="override train.dtype (default: config's)")
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--tiny", action="store_true", help="the CPU-test-size plan")
+    parser.add_argument("--list", action="store_true", help="print the scenarios and exit")
     args = parser.parse_args(argv)
-
-    sizes = parse_mesh(args.mesh)
-    devices = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    plan = TINY_PLAN if args.tiny else PLAN
+    if args.only:
+        names = args.only.split(",")
+        unknown = sorted(set(names) - {s.name for s in plan})
+        if unknown:
+            raise SystemExit(f"--only: unknown scenario(s) {unknown}; see --list")
+        plan = tuple(s for s in plan if s.name in names)
+    if args.list:
+        for s in plan:
+            print(f"{s.name}: {s.kind} {s.config} on {s.devices} devices, {s.frames} frames "
+                  f"{s.height}x{s.width}, budget {s.budget_gib} GiB")
+        return
     if "jax" in sys.modules:
         raise SystemExit("mtvjax.bench.memory must set XLA_FLAGS before JAX is imported")
+    devices = max(s.devices for s in plan)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={devices}").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-    from mtvjax.config import load_config
-    from mtvjax.models.mvdit import registry
-    spec = args.config if os.path.isfile(args.config.partition(":")[0]) else args.config
     rows = []
-    print(f"{spec}  mesh {sizes}  {args.frames} frames {args.height}x{args.width}  "
-          f"batch {args.batch_per_device}/device  attention chunk {args.attention_chunk}",
-          flush=True)
-    header = ("| remat | params | opt state | arguments | outputs | aliased | temporaries | "
-              "peak / device | compile s |")
-    for remat in args.remat.split(","):
-        config = load_config(spec)
-        config.remat = remat
-        if args.dtype:
-            config.train.dtype = args.dtype
-        config.model[registry.of(config).ATTENTION_FIELD] = "chunked"
-        config.model.attention_chunk = args.attention_chunk
-        r = analyse(config, sizes, args.frames, args.height, args.width, args.batch_per_device)
-        rows.append((remat, r))
-        print(f"{remat}: {r['num_params']:,} params ({r['num_trainable']:,} trained), "
-              f"global batch {r['global_batch']}, latents {r['latent_shape']}, "
-              f"{r['flops'] / 1e12:.1f} TFLOP/device/step, lowered in {r['lower_s']:.0f} s, "
-              f"compiled in {r['compile_s']:.0f} s, peak {r['peak'] / GiB:.1f} GiB", flush=True)
+    for s in plan:
+        r = run(s)
+        rows.append((s, r))
+        print(f"{s.name}: {s.config} mesh {r['mesh']}, {s.frames}x{s.height}x{s.width}, "
+              f"peak {r['peak'] / GiB:.2f} GiB/device (budget {s.budget_gib}), "
+              f"compiled in {r['seconds']:.0f} s", flush=True)
     print()
-    print(header)
-    print("|" + "---|" * 9)
-    for remat, r in rows:
-        cells = [r[k] / GiB for k in ("params", "opt_state", "arguments", "outputs", "aliased",
-                                      "temporaries", "peak")]
-        print(f"| {remat} | " + " | ".join(f"{c:.2f} GiB" for c in cells)
-              + f" | {r['compile_s']:.0f} |")
+    print("| scenario | config | devices | mesh (data, fsdp, context, tensor) | clip | "
+          "params + opt state | temporaries | peak / device | budget | fits |")
+    print("|" + "---|" * 10)
+    for s, r in rows:
+        mesh = ", ".join(str(r["mesh"].get(a, 1)) for a in ("data", "fsdp", "context", "tensor"))
+        fits = "yes" if r["peak"] <= s.budget_gib * GiB else "**no**"
+        print(f"| {s.name} | `{s.config}` | {s.devices} | {mesh} | {s.frames}×{s.height}×"
+              f"{s.width} | {_size(r['state'])} | {_size(r['temporaries'])} | "
+              f"{_size(r['peak'])} | {s.budget_gib:g} GiB | {fits} |")
 
 
 if __name__ == "__main__":

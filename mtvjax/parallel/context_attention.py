@@ -21,7 +21,9 @@ independent of the number of devices. Its limit is that heads (after tensor para
 divide by C; ring attention, which passes key/value blocks around the devices, is only needed
 beyond that (C > heads / tensor: 48 heads in the 7B, 40 in the 17B).
 
-Outside `activation_sharding`, or with C = 1, `context_attention` is the plain kernel call.
+Outside `activation_sharding`, or with C = 1, `context_attention` is the plain kernel call,
+except for kernels XLA cannot partition (`manual=True`: the Pallas splash call), which then run
+under the same `shard_map` with the tokens whole and only batch and heads split.
 """
 from __future__ import annotations
 
@@ -58,17 +60,20 @@ def check_heads(num_heads: int, mesh_sizes: Mapping[str, int], rules: Rules) -> 
                           "config.mesh.context (and config.mesh.tensor) accordingly")
 
 
-def context_attention(attend: Callable, q, k, v, *, keys_sharded: bool) -> jax.Array:
+def context_attention(attend: Callable, q, k, v, *, keys_sharded: bool,
+                      manual: bool = False, queries_sharded: bool = True) -> jax.Array:
     """`attend(q, k, v)` (`[B, T, N, H]` in and out) with the video tokens T sharded over the
-    context mesh axes; k/v carry the same tokens (`keys_sharded`) or a replicated sequence."""
+    context mesh axes; k/v carry the same tokens (`keys_sharded`) or a replicated sequence.
+    `manual`: `attend` must see per-device blocks even without context sharding;
+    `queries_sharded=False`: q is not the video (never split over context)."""
     rules = active_rules()
     if rules is None:
         return attend(q, k, v)
     sizes = dict(jax.sharding.get_abstract_mesh().shape)
     batch, seq, heads, _ = logical_to_spec(("batch", SEQUENCE, "heads", None), rules)
     context = _flat(seq)
-    c = _size(context, sizes)
-    if c == 1:
+    c = _size(context, sizes) if queries_sharded else 1
+    if c == 1 and not manual:
         return attend(q, k, v)
     b, t, n, _ = q.shape
     if t % c:
@@ -78,11 +83,12 @@ def context_attention(attend: Callable, q, k, v, *, keys_sharded: bool) -> jax.A
         raise ValueError(f"{n} attention heads do not split over context {c} × the head "
                          f"sharding {_size(_flat(heads), sizes)}")
     batch = batch if b % _size(_flat(batch), sizes) == 0 else None   # else: replicated
+    seq = seq if c > 1 else None
     q_spec = PartitionSpec(batch, seq, heads, None)
     kv_spec = q_spec if keys_sharded else PartitionSpec(batch, None, heads, None)
 
     def body(q, k, v):
-        if not keys_sharded:
+        if not keys_sharded or c == 1:
             return attend(q, k, v)
         # [B, T/C, N, H] → [B, T, N/C, H]: gather the tokens, scatter the heads, and back.
         q, k, v = (jax.lax.all_to_all(x, context, 2, 1, tiled=True) for x in (q, k, v))

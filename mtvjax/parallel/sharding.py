@@ -48,7 +48,7 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules) -> Partiti
 
 def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None], rules: Rules) -> NamedSharding:
     """NamedSharding of one array (a batch, an activation) from its logical names."""
-    return NamedSharding(mesh, logical_to_spec(logical_axes, rules))
+    return NamedSharding(mesh, logical_to_spec(logical_axes, rules_on(rules, mesh.axis_names)))
 
 
 @contextlib.contextmanager
@@ -69,7 +69,12 @@ def active_rules() -> Rules | None:
     mesh, rules = jax.sharding.get_abstract_mesh(), _ACTIVE_RULES.get()
     if mesh.empty or rules is None:
         return None
-    names = set(mesh.axis_names)
+    return rules_on(rules, mesh.axis_names)
+
+
+def rules_on(rules: Rules, mesh_axes) -> Rules:
+    """`rules` without the mesh axes a mesh lacks (a logical axis left with none: unsharded)."""
+    names = set(mesh_axes)
 
     def present(axes):
         kept = tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ()) if a in names)
@@ -78,11 +83,21 @@ def active_rules() -> Rules | None:
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
-    """`x` pinned to the layout its logical names give under `activation_sharding` (else `x`)."""
+    """`x` pinned to the layout its logical names give under `activation_sharding` (else `x`);
+    a dimension its mesh axes do not divide (a batch of 1 or 2 while sampling) stays whole."""
     rules = active_rules()
     if rules is None:
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, rules))
+    sizes = dict(jax.sharding.get_abstract_mesh().shape)
+
+    def divides(axes, size: int) -> bool:
+        names = (axes,) if isinstance(axes, str) else tuple(axes)
+        return size % int(np.prod([sizes[n] for n in names])) == 0
+
+    spec = logical_to_spec(logical_axes, rules)
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*[
+        axes if axes is not None and divides(axes, x.shape[i]) else None
+        for i, axes in enumerate(spec)]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -93,6 +108,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def state_shardings(abstract_boxed_state, mesh: Mesh, rules: Rules):
     """NamedSharding of every leaf of a boxed (abstract) state, in its unboxed structure."""
     specs = nn.get_partition_spec(abstract_boxed_state)
+    rules = rules_on(rules, mesh.axis_names)
     return jax.tree.map(lambda s: NamedSharding(mesh, logical_to_spec(s, rules)), specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
 
@@ -116,14 +132,14 @@ def abstract_sharded(init_fn: Callable, mesh: Mesh, rules: Rules, *args):
 def param_shardings(logical_axes, shapes, mesh: Mesh, rules: Rules):
     """NamedSharding of every leaf of an unboxed tree (`shapes`: arrays or ShapeDtypeStructs)
     from its logical names (`logical_axes`: PartitionSpecs of names, as `nn.get_partition_spec`
-    gives). A dimension its mesh axes do not divide (or that names an axis the mesh lacks) stays
-    unsharded, so a checkpoint of any size loads onto any mesh (inference placement;
+    gives). Mesh axes the mesh lacks are dropped from the rules; a dimension its mesh axes do not
+    divide stays unsharded, so a checkpoint of any size loads onto any mesh (inference placement;
     `state_shardings` keeps training strict)."""
     def fits(axes, size: int) -> bool:
         names = (axes,) if isinstance(axes, str) else tuple(axes)
-        if not set(names) <= set(mesh.shape):
-            return False
         return size % int(np.prod([mesh.shape[n] for n in names])) == 0
+
+    rules = rules_on(rules, mesh.axis_names)
 
     def one(logical, x):
         spec = logical_to_spec(tuple(logical), rules)

@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtvjax.data.skeleton import NUM_JOINTS
 from mtvjax.models.mvdit.cogvideox.convert import restore_mvdit7b
 from mtvjax.models.mvdit.cogvideox.reference import reference_latents
 from mtvjax.models.vae.cogvideox.convert import restore_vae_cogvideox
-from mtvjax.sample.animator_common import (SamplingRuns, compute_dtype, inference_mesh,
-                                           motion_args, recipe_sampling)
+from mtvjax.sample.animator_common import (SamplingRuns, check_mesh_heads, compute_dtype,
+                                           inference_mesh, motion_args, recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_7b
 
 
@@ -34,6 +35,7 @@ class CogVideoXAnimator:
         mesh, rules = inference_mesh(config)
         _, self.model, self.params = restore_mvdit7b(config.checkpoints.mvdit, params_dtype=dtype,
                                                      mesh=mesh, rules=rules, dtype=dtype)
+        check_mesh_heads(self.model.num_heads, mesh, rules)
         _, self.vae, self.vae_params = restore_vae_cogvideox(config.checkpoints.vae,
                                                              dtype=config.vae.dtype)
         self.tiling = bool(config.vae.tiling)
@@ -42,8 +44,22 @@ class CogVideoXAnimator:
         self.motion_width = self.model.width
         self.isa = self.model.conditioning == "isa"           # raw motion, no tokens
         self.dynamic_pe = self.model.motion_pe == "dynamic" and not self.isa
-        self.runs = SamplingRuns(denoise_7b(self.model), sampler, guidance, dtype,
-                                 config.long.blend, progress, mesh)
+        self.runs = SamplingRuns(self.denoise_fn(self.model, config.sampling), sampler, guidance,
+                                 dtype, config.long.blend, progress, mesh, rules)
+
+    @staticmethod
+    def denoise_fn(model, sampling):
+        """The sampling loop's model call (motion CFG through the unconditional tokens)."""
+        return denoise_7b(model)
+
+    @staticmethod
+    def abstract_window(model, latent_shape) -> tuple:
+        """(latents shape, ShapeDtypeStructs of the loop's arguments after the parameters) of
+        one window of `latent_shape` (1, F, h, w): reference latents and motion tokens."""
+        f32 = jnp.float32
+        shape = tuple(latent_shape) + (model.out_channels,)
+        return shape, (jax.ShapeDtypeStruct(shape, f32),
+                       jax.ShapeDtypeStruct((1, latent_shape[1] * NUM_JOINTS, model.width), f32))
 
     def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
         """Per-video conditioning: `reference` `[H, W, 3]` in [−1, 1] repeated `frames` times."""

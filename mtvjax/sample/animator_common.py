@@ -6,8 +6,9 @@ window of motion tokens plus the reference conditioning into denoised latents an
 `recipe_sampling` builds the sampler and CFG that the family's `SAMPLER` recipe names from the
 config's `sampling` section. `inference_mesh` reads the config's `mesh` and `sharding_rules`,
 with which the animators restore the MV-DiT's parameters sharded (FSDP / tensor); `SamplingRuns`
-places the other inputs on that mesh (replicated), so the compiled loop runs with the parameters'
-shardings, and keeps one ahead-of-time compiled sampling loop per input signature (the first
+places the other inputs on that mesh (replicated) and traces the loop under
+`activation_sharding`, so the compiled loop runs with the parameters' shardings and splits the
+video tokens over a `context` axis (`mtvjax.parallel.context_attention`), and keeps one ahead-of-time compiled sampling loop per input signature (the first
 window, and later windows with their pinned overlap latents), reports compile and sampling
 seconds separately, and drives a progress bar from the loop's step callback.
 """
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 from mtvjax.diffusion import samplers
 from mtvjax.models.layers.dtypes import DTYPES
 from mtvjax.models.mvdit import registry
+from mtvjax.parallel.context_attention import check_heads
 from mtvjax.parallel.mesh import make_mesh
-from mtvjax.parallel.sharding import replicated
+from mtvjax.parallel.sharding import activation_sharding, replicated
 from mtvjax.sample import guidance as G
 from mtvjax.sample.long_video import blend_weights, pin_first_latents
 from mtvjax.sample.loop import make_sample_fn
@@ -42,6 +44,11 @@ def inference_mesh(config) -> tuple[Mesh, tuple]:
     """(mesh of `config.mesh`, `config.sharding_rules`): where an animator's MV-DiT lives; its
     parameters are restored straight into these shardings (FSDP / tensor)."""
     return make_mesh(dict(config.mesh)), tuple(tuple(r) for r in config.sharding_rules)
+
+
+def check_mesh_heads(num_heads: int, mesh: Mesh, rules) -> None:
+    """Refuses a `context` (× tensor) size that does not divide the model's attention heads."""
+    check_heads(num_heads, dict(mesh.shape), rules)
 
 
 def on_mesh(tree, mesh: Mesh):
@@ -93,10 +100,11 @@ class SamplingRuns:
     """Compiled `make_sample_fn` loops keyed by (latent shape, pinned latent frames)."""
 
     def __init__(self, denoise_fn, sampler, guidance, latent_dtype, blend: str = "hard",
-                 progress: bool = True, mesh: Mesh | None = None):
+                 progress: bool = True, mesh: Mesh | None = None, rules=None):
         self.denoise_fn, self.sampler, self.guidance = denoise_fn, sampler, guidance
         self.latent_dtype, self.blend, self.progress = latent_dtype, blend, progress
         self.mesh = mesh             # the sharded parameters' mesh; inputs are placed on it
+        self.rules = rules           # its sharding rules: activations traced under them
         self._compiled = {}
         self._bar = None
         self.compile_seconds = 0.0
@@ -107,7 +115,10 @@ class SamplingRuns:
         if self._bar is not None:
             self._bar.update(1)
 
-    def _get(self, shape, pinned: int, args, post_args):
+    def compile(self, shape, pinned: int, args, post_args=(), compiler_options=None):
+        """The loop compiled for latents of `shape` with `pinned` pinned latent frames and these
+        (concrete or abstract, placed) arguments `(key, *model_args)`; kept per signature.
+        `compiler_options`: XLA debug options of this compile (the memory plan's)."""
         key = (tuple(shape), pinned)
         if key not in self._compiled:
             post = (pin_first_latents(self.sampler, blend_weights(pinned, self.blend))
@@ -116,7 +127,12 @@ class SamplingRuns:
                                  guidance=self.guidance, post_step_fn=post,
                                  step_callback=self._tick if self.progress else None)
             start = time.perf_counter()
-            self._compiled[key] = run.lower(*args, post_args=post_args).compile()
+            if self.mesh is None:
+                lowered = run.lower(*args, post_args=post_args)
+            else:
+                with activation_sharding(self.mesh, self.rules):
+                    lowered = run.lower(*args, post_args=post_args)
+            self._compiled[key] = lowered.compile(compiler_options)
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[key]
 
@@ -128,7 +144,7 @@ class SamplingRuns:
         args = (key,) + tuple(model_args)
         if self.mesh is not None:   # compiled for the parameters' shardings, inputs replicated
             args, post_args = on_mesh((args, post_args), self.mesh)
-        compiled = self._get(shape, pinned, args, post_args)
+        compiled = self.compile(shape, pinned, args, post_args)
         self._bar = (tqdm(total=self.sampler.num_steps, desc=label, unit="step", leave=False)
                      if self.progress else None)
         start = time.perf_counter()

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtvjax.data.skeleton import NUM_JOINTS
 from mtvjax.models.mvdit.wan import convert as convert_mvdit17b
 from mtvjax.models.vae.wan import convert as convert_vae_wan
 from mtvjax.models.encoders.load import load_clip_vision
@@ -28,9 +29,13 @@ from mtvjax.models.mvdit.wan import model as mvdit_wan
 from mtvjax.models.mvdit.wan.reference import (MASK_CHANNELS, clip_features,
                                                image_condition)
 from mtvjax.models.vae.wan import model as vae_wan
-from mtvjax.sample.animator_common import (SamplingRuns, compute_dtype, inference_mesh,
-                                           motion_args, recipe_sampling)
+from mtvjax.sample.animator_common import (SamplingRuns, check_mesh_heads, compute_dtype,
+                                           inference_mesh, motion_args, recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_17b
+
+
+TEXT_ROWS = 512      # umT5 rows of a prompt (the tokenizer's padded length)
+CLIP_TOKENS = 257    # CLIP ViT-H/14 image tokens (16 × 16 patches + class)
 
 
 def text_embeddings(config) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +79,7 @@ class WanAnimator:
         mesh, rules = inference_mesh(config)
         model_config, self.params = convert_mvdit17b.load_converted(c.mvdit, dtype=dtype,
                                                                     mesh=mesh, rules=rules)
+        check_mesh_heads(model_config.num_heads, mesh, rules)
         self.model = mvdit_wan.MVDiTWan(dataclasses.replace(model_config, dtype=config.dtype))
         self.vae_config, self.vae_params = convert_vae_wan.load_converted(c.vae)
         self.clip_config, self.clip_params = load_clip_vision(c.clip)
@@ -88,8 +94,25 @@ class WanAnimator:
         self.spatial = self.vae_config.spatial_factor
         self.motion_width = model_config.motion_dim
         self.dynamic_pe = model_config.motion_pe == "dynamic" and not self.isa
-        self.runs = SamplingRuns(denoise_17b(self.model, use_motion), sampler, guidance, dtype,
-                                 config.long.blend, progress, mesh)
+        self.runs = SamplingRuns(self.denoise_fn(self.model, config.sampling), sampler, guidance,
+                                 dtype, config.long.blend, progress, mesh, rules)
+
+    @staticmethod
+    def denoise_fn(model, sampling):
+        """The sampling loop's model call: text CFG, plus motion CFG when `motion_cfg` != 1."""
+        return denoise_17b(model, float(sampling.motion_cfg) != 1.0)
+
+    @staticmethod
+    def abstract_window(model, latent_shape) -> tuple:
+        """(latents shape, ShapeDtypeStructs of the loop's arguments after the parameters) of
+        one window of `latent_shape` (1, F, h, w): y, prompt and negative umT5 rows, CLIP
+        tokens, motion tokens."""
+        c, f32 = model.config, jnp.float32
+        text = jax.ShapeDtypeStruct((1, TEXT_ROWS, c.text_dim), f32)
+        y = jax.ShapeDtypeStruct(tuple(latent_shape) + (c.in_channels - c.out_channels,), f32)
+        return tuple(latent_shape) + (c.out_channels,), (
+            y, text, text, jax.ShapeDtypeStruct((1, CLIP_TOKENS, c.image_dim), f32),
+            jax.ShapeDtypeStruct((1, latent_shape[1] * NUM_JOINTS, c.motion_dim), f32))
 
     def prepare(self, reference: np.ndarray, frames: int, key) -> dict:
         """Per-video conditioning from the reference `[H, W, 3]` in [−1, 1]."""

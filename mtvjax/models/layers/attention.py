@@ -4,9 +4,13 @@
 registry, by a name or an `AttentionKernel` (a name plus chunk sizes; the model configs build one
 from `attention[_implementation]`, `attention_chunk`, `attention_kv_chunk`). Built-in names:
 
-* ``"auto"`` (default): ``jax.nn.dot_product_attention`` with cuDNN flash attention on GPU when the
-  inputs are bf16/fp16 with head_dim a multiple of 8 up to 128, otherwise the XLA path (always on
-  CPU and TPU). In jax 0.10 ``implementation=None`` means plain XLA, hence the explicit choice.
+* ``"auto"`` (default): the platform's memory-bounded choice. On GPU, cuDNN flash attention
+  (``jax.nn.dot_product_attention``) when the inputs are bf16/fp16 with head_dim a multiple of 8
+  up to 128. Otherwise (CPU, TPU, unsupported GPU inputs) plain XLA while the float32 score
+  buffer ``[B, N, T, S]`` stays under `AUTO_SCORES_BYTES` (256 MiB), and ``"chunked"`` above it,
+  so long clips never materialise whole score matrices (on TPU, ``"splash"`` is the faster
+  fused kernel: select it by name). In jax 0.10 ``implementation=None`` means plain XLA, hence
+  the explicit choice.
 * ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention`` with that implementation forced.
 * ``"reference"``: an explicit einsum + float32 softmax, for debugging and parity tests.
 * ``"chunked"``: portable memory-bounded attention (`chunked_attention`): `chunk` queries at a
@@ -39,6 +43,7 @@ from mtvjax.parallel.context_attention import context_attention
 AttentionFn = Callable[..., jax.Array]
 
 DEFAULT_IMPLEMENTATION = "auto"
+UNPARTITIONABLE = {"splash"}   # kernels XLA cannot split over a mesh: run per device (shard_map)
 _IMPLEMENTATIONS: dict[str, AttentionFn] = {}
 
 
@@ -112,13 +117,15 @@ def dot_product_attention(q, k, v, *, bias=None, mask=None, scale: float | None 
     accepted = inspect.signature(fn).parameters
     options = {f.name: getattr(kernel, f.name) for f in dataclasses.fields(kernel)
                if f.name != "name" and f.name in accepted}
-    if context_parallel is None:
+    manual = kernel.name in UNPARTITIONABLE and mask is None and bias is None
+    if context_parallel is None and not manual:
         return fn(q, k, v, bias=bias, mask=mask, scale=scale, **options)
-    if context_parallel not in ("self", "cross") or mask is not None or bias is not None:
+    if context_parallel not in (None, "self", "cross") or mask is not None or bias is not None:
         raise ValueError(f"context_parallel={context_parallel!r}: expected 'self' or 'cross', "
                          "without mask or bias")
     return context_attention(lambda q, k, v: fn(q, k, v, scale=scale, **options), q, k, v,
-                             keys_sharded=context_parallel == "self")
+                             keys_sharded=context_parallel == "self", manual=manual,
+                             queries_sharded=context_parallel is not None)
 
 
 def _jax_sdpa(implementation):
@@ -136,12 +143,19 @@ def _cudnn_supported(q, k, v) -> bool:
             and head_dim % 8 == 0 and head_dim <= 128)
 
 
-def _auto(q, k, v, *, bias=None, mask=None, scale=None):
+AUTO_SCORES_BYTES = 256 * 2 ** 20   # "auto": largest [B, N, T, S] float32 score buffer for XLA
+
+
+def _auto(q, k, v, *, bias=None, mask=None, scale=None, chunk: int = 512, kv_chunk: int = 0):
     if _cudnn_supported(q, k, v):
-        try:  # shape/feature checks raise at trace time; fall back to XLA then
+        try:  # shape/feature checks raise at trace time; fall back below then
             return _jax_sdpa("cudnn")(q, k, v, bias=bias, mask=mask, scale=scale)
         except (NotImplementedError, ValueError, RuntimeError):
             pass
+    (b, t, n, _), s = q.shape, k.shape[1]
+    if b * n * t * s * 4 > AUTO_SCORES_BYTES:
+        return chunked_attention(q, k, v, bias=bias, mask=mask, scale=scale, chunk=chunk,
+                                 kv_chunk=kv_chunk)
     return _jax_sdpa("xla")(q, k, v, bias=bias, mask=mask, scale=scale)
 
 

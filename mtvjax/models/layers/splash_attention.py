@@ -10,7 +10,8 @@ attention with its key mask, ISA) use `chunked_attention` with the same chunk si
 
 On TPU the kernel is compiled by Mosaic; on CPU it runs in the Pallas interpreter (slow; for
 parity tests); on GPU it is refused. It is a `pallas_call`, which XLA's partitioner cannot
-split: on a multi-device mesh it needs `shard_map` over the batch/heads (not wired here).
+split: under a mesh (`activation_sharding`) `attention.dot_product_attention` runs it per device
+in a `shard_map` over batch and heads (`mtvjax.parallel.context_attention`).
 """
 from __future__ import annotations
 
