@@ -42,6 +42,11 @@ def get_config(variant: str = "7b") -> ml_collections.ConfigDict:
     c.prompt_embeddings = ""       # .npz {prompt, negative}: [tokens, text_dim] (17B)
     c.text_dtype = "bfloat16"      # umT5 compute dtype (the released pipeline's)
     c.dtype = "bfloat16"           # transformer compute dtype (parameters cast to it)
+    # The MV-DiT's attention kernel (mtvjax/models/layers/attention.py): auto (cuDNN flash on
+    # GPU; else XLA, or chunked above 256 MiB of scores) | chunked | splash (TPU) | xla | cudnn
+    # | reference; the chunks are chunked's query / key chunks and splash's blocks.
+    c.model = ml_collections.ConfigDict(dict(attention="auto", attention_chunk=512,
+                                             attention_kv_chunk=0))
     # The MV-DiT's devices: its parameters are restored shard by shard into the shardings the
     # training rules give (FSDP on `fsdp` × `context`, heads / MLP on `tensor`); `context`
     # splits the video tokens (heads must divide by context × tensor); -1: remaining devices.

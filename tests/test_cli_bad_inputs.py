@@ -83,6 +83,10 @@ def _case(inputs, name):
                                     "--ref-image", i / "r.png", "--motion", i / "far.npy",
                                     "--out", i / "o.mp4", "--resolution", "big"], EXIT_USAGE,
                                    "--resolution"),
+        "animate unknown attention": (["animate", "--config", f"{CONFIGS / 'animate.py'}:17b",
+                                       "--ref-image", i / "r.png", "--motion", i / "far.npy",
+                                       "--out", i / "o.mp4", "--config.model.attention=flash"],
+                                      EXIT_USAGE, "model.attention"),
         "convert NaN weights": (["convert", "4dmot", f"--src={i / 'nan.pt'}", f"--dst={i / 'c'}",
                                  f"--mean={i / 'mean.npy'}", f"--std={i / 'std.npy'}",
                                  "--variant=tiny"], EXIT_DATA, "encoder.conv_in.weight"),
@@ -92,7 +96,8 @@ def _case(inputs, name):
 CASES = ["train unknown key", "train wrong type", "train batch_size 0", "train checkpoint_every 0",
          "train workdir is a file", "train corrupt motion", "train missing config",
          "tokenize missing file", "tokenize absurd motion", "eval missing checkpoint",
-         "viz corrupt motion", "animate bad resolution", "convert NaN weights"]
+         "viz corrupt motion", "animate bad resolution", "animate unknown attention",
+         "convert NaN weights"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -5,7 +5,8 @@ default); `restore_mvdit7b` / the 17B's `load_converted` restore them straight i
 of a mesh (8 simulated CPU devices in a subprocess), in the stored dtype or cast shard by shard;
 peak host memory of such a restore stays well below a float32 copy; the animators sample the same
 latents on an 8-device mesh (FSDP with context parallelism for the 7B, FSDP with tensor
-parallelism for the 17B) as on one device.
+parallelism for the 17B; `chunked` attention chosen in the animate config) as on one device
+(`auto`).
 """
 import json
 import os
@@ -26,6 +27,7 @@ from conftest import REPO_ROOT
 from mtvjax.checkpoint.conversion import slot_of
 from mtvjax.checkpoint.manager import read_config, stored_arrays
 from mtvjax.config import load_config
+from mtvjax.models.layers.attention import AttentionKernel
 from mtvjax.models.mvdit.cogvideox import convert as conv7b
 from mtvjax.models.mvdit.wan import convert as conv17b
 from mtvjax.models.mvdit.wan.config import wan_config
@@ -222,16 +224,18 @@ from test_sharded_loading import sample_latents
 out = {}
 for family, mesh in (("7b", dict(data=1, fsdp=4, context=2, tensor=1)),
                      ("17b", dict(data=1, fsdp=4, context=1, tensor=2))):
-    latents, sharding = sample_latents(family, json.loads(sys.argv[2])[family], mesh)
+    latents, sharding = sample_latents(family, json.loads(sys.argv[2])[family], mesh,
+                                       attention="chunked")
     np.save(sys.argv[3] + "/" + family + ".npy", latents)
     out[family] = sharding
 print("REPORT" + json.dumps(out))
 """
 
 
-def sample_latents(family, checkpoint_set, mesh=None):
+def sample_latents(family, checkpoint_set, mesh=None, attention=None):
     """One window's latents from the family's animator (2 steps, fixed random tokens), and the
-    sharding spec of one large parameter."""
+    sharding spec of one large parameter; `attention`: `model.attention` of the config (the
+    kernel is checked to reach the model)."""
     from mtvjax.sample.animate import build_animator
     config = _config(family, checkpoint_set,
                      prompt_embeddings=checkpoint_set.get("prompt_embeddings", ""))
@@ -239,7 +243,13 @@ def sample_latents(family, checkpoint_set, mesh=None):
         config.checkpoints.text_encoder = ""
     if mesh is not None:
         config.mesh = ml_collections.ConfigDict(mesh)
+    if attention is not None:
+        config.model.update(attention=attention, attention_chunk=16, attention_kv_chunk=8)
     animator = build_animator(config, progress=False)
+    kernel = (animator.model.attention_implementation if family == "7b" else
+              animator.model.config.attention_kernel)
+    assert kernel == AttentionKernel(config.model.attention, config.model.attention_chunk,
+                                     config.model.attention_kv_chunk), kernel
     reference = np.random.default_rng(0).uniform(-1, 1, (64, 64, 3)).astype(np.float32)
     cond = animator.prepare(reference, WINDOW, jax.random.PRNGKey(1))
     latent_frames = 1 + (WINDOW - 1) // 4

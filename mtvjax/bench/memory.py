@@ -149,12 +149,16 @@ def sample_figures(s: Scenario, config) -> dict:
     from mtvjax.models.mvdit import registry
     from mtvjax.parallel.mesh import make_mesh
     from mtvjax.parallel.sharding import param_shardings, replicated
-    from mtvjax.sample.animator_common import (SamplingRuns, check_mesh_heads, compute_dtype,
-                                               recipe_sampling)
+    from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel,
+                                               check_mesh_heads, compute_dtype, recipe_sampling)
 
     model_config = load_config(f"{CONFIGS / 'mvdit.py'}:{s.model or config.variant}")
     _override(model_config, [(k, v) for k, v in s.overrides if k.startswith("model.")])
     fam = registry.of(model_config)
+    kernel = attention_kernel(config)                   # the animate config's, as animators do
+    model_config.model.update({fam.ATTENTION_FIELD: kernel.name,
+                               "attention_chunk": kernel.chunk,
+                               "attention_kv_chunk": kernel.kv_chunk})
     module, name = fam.ANIMATOR.split(":")
     animator = getattr(importlib.import_module(module), name)
     dtype = compute_dtype(config.dtype)

@@ -68,8 +68,13 @@ def main(argv):
     if FLAGS.config is None:
         raise UsageError("--config is required (configs/animate.py:7b or :17b)")
     from mtvjax.sample.animate import animate
+    from mtvjax.sample.animator_common import attention_kernel
     config = FLAGS.config
     apply_flags(config)
+    try:
+        attention_kernel(config)           # before any checkpoint is read
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     report = animate(config, FLAGS["ref-image"].value, FLAGS.motion, FLAGS.out,
                      progress=FLAGS.progress)
     print(f"wrote {report['out']}: {report['frames']} frames {report['height']}x"

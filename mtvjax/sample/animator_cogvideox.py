@@ -19,8 +19,9 @@ from mtvjax.data.skeleton import NUM_JOINTS
 from mtvjax.models.mvdit.cogvideox.convert import restore_mvdit7b
 from mtvjax.models.mvdit.cogvideox.reference import reference_latents
 from mtvjax.models.vae.cogvideox.convert import restore_vae_cogvideox
-from mtvjax.sample.animator_common import (SamplingRuns, check_mesh_heads, compute_dtype,
-                                           inference_mesh, motion_args, recipe_sampling)
+from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel, check_mesh_heads,
+                                           compute_dtype, inference_mesh, motion_args,
+                                           recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_7b
 
 
@@ -31,10 +32,12 @@ class CogVideoXAnimator:
 
     def __init__(self, config, progress: bool = True):
         dtype = compute_dtype(config.dtype)
+        kernel = attention_kernel(config)
         sampler, guidance = recipe_sampling(self.family, config.sampling)
         mesh, rules = inference_mesh(config)
         _, self.model, self.params = restore_mvdit7b(config.checkpoints.mvdit, params_dtype=dtype,
-                                                     mesh=mesh, rules=rules, dtype=dtype)
+                                                     mesh=mesh, rules=rules, dtype=dtype,
+                                                     attention_implementation=kernel)
         check_mesh_heads(self.model.num_heads, mesh, rules)
         _, self.vae, self.vae_params = restore_vae_cogvideox(config.checkpoints.vae,
                                                              dtype=config.vae.dtype)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from mtvjax.diffusion import samplers
+from mtvjax.models.layers.attention import AttentionKernel, available_attention_implementations
 from mtvjax.models.layers.dtypes import DTYPES
 from mtvjax.models.mvdit import registry
 from mtvjax.parallel.context_attention import check_heads
@@ -38,6 +39,15 @@ def compute_dtype(name: str):
     if name not in ANIMATOR_DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(ANIMATOR_DTYPES)}")
     return DTYPES[name]
+
+
+def attention_kernel(config) -> AttentionKernel:
+    """The MV-DiT attention kernel of an animate config's `model` section."""
+    m = config.model
+    if m.attention not in available_attention_implementations():
+        raise ValueError(f"model.attention={m.attention!r}: use one of "
+                         f"{list(available_attention_implementations())}")
+    return AttentionKernel(m.attention, int(m.attention_chunk), int(m.attention_kv_chunk))
 
 
 def inference_mesh(config) -> tuple[Mesh, tuple]:

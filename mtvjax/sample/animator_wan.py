@@ -29,8 +29,9 @@ from mtvjax.models.mvdit.wan import model as mvdit_wan
 from mtvjax.models.mvdit.wan.reference import (MASK_CHANNELS, clip_features,
                                                image_condition)
 from mtvjax.models.vae.wan import model as vae_wan
-from mtvjax.sample.animator_common import (SamplingRuns, check_mesh_heads, compute_dtype,
-                                           inference_mesh, motion_args, recipe_sampling)
+from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel, check_mesh_heads,
+                                           compute_dtype, inference_mesh, motion_args,
+                                           recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_17b
 
 
@@ -75,12 +76,15 @@ class WanAnimator:
     def __init__(self, config, progress: bool = True):
         c = config.checkpoints
         dtype = compute_dtype(config.dtype)
+        kernel = attention_kernel(config)
         sampler, guidance = recipe_sampling(self.family, config.sampling)
         mesh, rules = inference_mesh(config)
         model_config, self.params = convert_mvdit17b.load_converted(c.mvdit, dtype=dtype,
                                                                     mesh=mesh, rules=rules)
         check_mesh_heads(model_config.num_heads, mesh, rules)
-        self.model = mvdit_wan.MVDiTWan(dataclasses.replace(model_config, dtype=config.dtype))
+        self.model = mvdit_wan.MVDiTWan(dataclasses.replace(
+            model_config, dtype=config.dtype, attention=kernel.name, attention_chunk=kernel.chunk,
+            attention_kv_chunk=kernel.kv_chunk))
         self.vae_config, self.vae_params = convert_vae_wan.load_converted(c.vae)
         self.clip_config, self.clip_params = load_clip_vision(c.clip)
         self.text, self.negative = text_embeddings(config)

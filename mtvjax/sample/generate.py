@@ -43,6 +43,7 @@ from mtvjax.parallel.distributed import process_slot
 from mtvjax.sample import reference_image as RI
 from mtvjax.sample.animate import (AnimateSession, check_checkpoints, driving_video_frames,
                                    plan_for, read_driving)
+from mtvjax.sample.animator_common import attention_kernel
 from mtvjax.sample.benchmark_entries import Entry, check_entries, read_entries
 from mtvjax.sample.driving import DrivingMotion, reconstruction_warnings
 from mtvjax.viz.skeleton_video import write_video
@@ -202,6 +203,7 @@ def check_config(config) -> None:
                          f"{' or '.join(OUTPUT_FORMATS)}")
     if config.evaluate.enabled and not config.output.ground_truth:
         raise ValueError("evaluate.enabled needs output.ground_truth=True")
+    attention_kernel(config)
 
 
 def _check_prompts(config, jobs: list[Job]) -> None:
