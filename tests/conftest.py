@@ -77,6 +77,18 @@ def animate_inputs(tmp_path_factory):
     return folder
 
 
+def simulated_devices_env(count: int, flags: str = "", **extra) -> dict:
+    """The environment of a subprocess with `count` simulated CPU devices. It does not use the
+    session's persistent compilation cache: XLA:CPU executables with collectives loaded from
+    that cache can deadlock (devices reach their collectives in different orders and the
+    rendezvous times out; seen with jax 0.10.2 on a warm cache)."""
+    import os
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count} {flags}"
+               .strip(), JAX_ENABLE_COMPILATION_CACHE="false")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
 def run_script_on_eight_devices(path: str, timeout: int = 1200):
     """Runs test file `path` as a script on 8 simulated CPU devices (LLVM -O0: the programs
     compile ~2x faster and run once) and returns the JSON of its last output line."""
@@ -84,9 +96,7 @@ def run_script_on_eight_devices(path: str, timeout: int = 1200):
     import os
     import subprocess
     import sys
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-                         "--xla_backend_optimization_level=0")
+    env = simulated_devices_env(8, "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, os.path.abspath(path)], env=env,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

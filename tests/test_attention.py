@@ -96,7 +96,7 @@ class DotProductAttentionTest(chex.TestCase):
         mask = np.random.default_rng(0).random((2, 1, 5, 7)) > 0.3
         mask[..., 0] = True  # every query keeps at least one key
         bias = np.random.default_rng(1).normal(size=(1, 3, 5, 7)).astype(np.float32)
-        impls = ("xla", "auto", "reference")
+        impls = ("xla", "auto", "softmax", "reference")
 
         @self.variant
         def run(q, k, v, mask, bias):
@@ -131,7 +131,8 @@ def test_registry_dispatch():
 
     A.register_attention_implementation("test_fake", fake, overwrite=True)
     assert "test_fake" in A.available_attention_implementations()
-    assert {"auto", "xla", "cudnn", "reference"} <= set(A.available_attention_implementations())
+    assert {"auto", "xla", "cudnn", "reference", "softmax", "chunked", "splash"} <= set(
+        A.available_attention_implementations())
     with pytest.raises(ValueError):
         A.register_attention_implementation("test_fake", fake)
     with pytest.raises(ValueError):

@@ -5,7 +5,6 @@ and `fsdp` mesh axes (`batch -> (data, fsdp)`); the quantizer statistics are red
 global batch, so loss, parameters and codebook must not depend on the mesh.
 """
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -48,7 +47,8 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_one_step_is_the_same_on_every_mesh():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    from conftest import simulated_devices_env
+    env = simulated_devices_env(8)
     run = subprocess.run([sys.executable, "-c", _SCRIPT, str(REPO_ROOT / "configs" / "4dmot.py"),
                           json.dumps(MESHES)], env=env, capture_output=True, text=True,
                          timeout=900)

@@ -29,9 +29,8 @@ FLAGS = ["--config.data.batch_size=8", "--config.data.frame_counts=(33,)",
 
 
 def _env(devices, **extra):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+    from conftest import simulated_devices_env
+    return simulated_devices_env(devices, **extra)
 
 
 def _losses(workdir):

@@ -287,7 +287,7 @@ def test_parity_single_safetensors(converted, inputs, reference_out):
     assert err < TOL
 
 
-@pytest.mark.parametrize("kernel", ["chunked", "splash"])
+@pytest.mark.parametrize("kernel", ["xla", "softmax", "chunked", "splash"])
 def test_parity_per_attention_kernel(converted, inputs, reference_out, kernel):
     """The memory-bounded kernels reproduce the release too (splash: Pallas interpret mode;
     the masked text attention takes its chunked fallback)."""

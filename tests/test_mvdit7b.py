@@ -141,7 +141,7 @@ def test_parity_with_torch_reference(released, converted):
     assert converted["summary"]["source_format"] == "mvdit7b"
 
 
-@pytest.mark.parametrize("kernel", ["chunked", "splash"])
+@pytest.mark.parametrize("kernel", ["xla", "softmax", "chunked", "splash"])
 def test_parity_with_torch_reference_per_attention_kernel(released, converted, kernel):
     """The memory-bounded kernels reproduce the release too (splash: Pallas interpret mode)."""
     model = mv.from_config(converted["config"],

@@ -1,5 +1,4 @@
 """EMA quantizer: nearest codes, straight-through gradients, init, EMA, dead-code reset."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -130,7 +129,8 @@ _MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 def test_codebook_is_identical_across_four_data_parallel_devices(tmp_path):
     from conftest import REPO_ROOT
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    from conftest import simulated_devices_env
+    env = simulated_devices_env(4)
     out = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT,
                           str(REPO_ROOT / "configs" / "4dmot.py")],
                          env=env, capture_output=True, text=True, timeout=600)

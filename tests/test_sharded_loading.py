@@ -23,7 +23,7 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 from animate_helpers import WINDOW, _config
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, simulated_devices_env
 from mtvjax.checkpoint.conversion import slot_of
 from mtvjax.checkpoint.manager import read_config, stored_arrays
 from mtvjax.config import load_config
@@ -33,7 +33,6 @@ from mtvjax.models.mvdit.wan import convert as conv17b
 from mtvjax.models.mvdit.wan.config import wan_config
 from mtvjax.tools import random_checkpoints
 
-EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 
 def _random_source(table, rules, targets, path, seed=0):
@@ -147,7 +146,7 @@ print("REPORT" + json.dumps(report))
 def _run(script, *args, env=None):
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
                          capture_output=True, text=True, timeout=900,
-                         env={**os.environ, **EIGHT_DEVICES, **(env or {})})
+                         env=simulated_devices_env(8, **(env or {})))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(out.stdout.split("REPORT", 1)[1])
 

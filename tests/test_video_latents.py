@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, load_config
+from conftest import SHARED_DATA, load_config, simulated_devices_env
 
 SAMPLE = SHARED_DATA / "mtvcrafter_sample"
 pytestmark = pytest.mark.skipif(not (SAMPLE / "sampled_data.pkl").is_file(),
@@ -225,8 +225,7 @@ def test_windows_encode_data_parallel_over_local_devices(sets, tmp_path):
         "from test_video_latents import config_for\n"
         f"sets = {{'cogvideox': {dict(sets['cogvideox'])!r}}}\n"
         f"latents.build(config_for('cogvideox', sets, {str(three)!r}, **{options!r}))\n")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3",
-           "JAX_PLATFORMS": "cpu"}
+    env = simulated_devices_env(3, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

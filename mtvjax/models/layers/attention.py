@@ -6,12 +6,14 @@ from `attention[_implementation]`, `attention_chunk`, `attention_kv_chunk`). Bui
 
 * ``"auto"`` (default): the platform's memory-bounded choice. On GPU, cuDNN flash attention
   (``jax.nn.dot_product_attention``) when the inputs are bf16/fp16 with head_dim a multiple of 8
-  up to 128. Otherwise (CPU, TPU, unsupported GPU inputs) plain XLA while the float32 score
-  buffer ``[B, N, T, S]`` stays under `AUTO_SCORES_BYTES` (256 MiB), and ``"chunked"`` above it,
-  so long clips never materialise whole score matrices (on TPU, ``"splash"`` is the faster
-  fused kernel: select it by name). In jax 0.10 ``implementation=None`` means plain XLA, hence
-  the explicit choice.
+  up to 128. Otherwise, while the float32 score buffer ``[B, N, T, S]`` stays under
+  `AUTO_SCORES_BYTES` (256 MiB): ``"softmax"`` on CPU, plain XLA on TPU and GPU; above it
+  ``"chunked"``, so long clips never materialise whole score matrices (on TPU, ``"splash"`` is
+  the faster fused kernel: select it by name). In jax 0.10 ``implementation=None`` means plain
+  XLA, hence the explicit choice.
 * ``"xla"`` / ``"cudnn"``: ``jax.nn.dot_product_attention`` with that implementation forced.
+* ``"softmax"``: exact attention in the head-major layout with a hand-written backward
+  (`softmax_attention`; faster than ``"xla"`` on XLA:CPU).
 * ``"reference"``: an explicit einsum + float32 softmax, for debugging and parity tests.
 * ``"chunked"``: portable memory-bounded attention (`chunked_attention`): `chunk` queries at a
   time, each rematerialised in the backward pass; `kv_chunk` > 0 adds an online softmax over key
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 from mtvjax.models.layers.chunked_attention import chunked_attention
 from mtvjax.models.layers.norms import LayerNorm, RMSNorm
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
+from mtvjax.models.layers.softmax_attention import softmax_attention
 from mtvjax.models.layers.splash_attention import splash_attention
 from mtvjax.parallel.context_attention import context_attention
 
@@ -156,6 +159,8 @@ def _auto(q, k, v, *, bias=None, mask=None, scale=None, chunk: int = 512, kv_chu
     if b * n * t * s * 4 > AUTO_SCORES_BYTES:
         return chunked_attention(q, k, v, bias=bias, mask=mask, scale=scale, chunk=chunk,
                                  kv_chunk=kv_chunk)
+    if jax.default_backend() == "cpu":
+        return softmax_attention(q, k, v, bias=bias, mask=mask, scale=scale)
     return _jax_sdpa("xla")(q, k, v, bias=bias, mask=mask, scale=scale)
 
 
@@ -178,6 +183,7 @@ register_attention_implementation("xla", _jax_sdpa("xla"))
 register_attention_implementation("cudnn", _jax_sdpa("cudnn"))
 register_attention_implementation("reference", _reference)
 register_attention_implementation("chunked", chunked_attention)
+register_attention_implementation("softmax", softmax_attention)
 register_attention_implementation("splash", splash_attention)
 
 

@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtvjax.models.layers.activations import gelu_tanh
 from mtvjax.models.layers.attention import AttentionKernel, dot_product_attention, split_heads
 from mtvjax.models.layers.norms import LayerNorm
 from mtvjax.models.layers.rope import INTERLEAVED, RopeTable, apply_rope
@@ -203,8 +204,8 @@ class AdaLNModulation(ComputeModule):
 
 
 class FeedForward(ComputeModule):
-    """diffusers FeedForward "gelu-approximate": `net_0` (D → inner), tanh-GELU, `net_2`
-    (optionally zero-initialised)."""
+    """diffusers FeedForward "gelu-approximate": `net_0` (D → inner), tanh-GELU (`gelu_tanh`:
+    only its input is kept for the backward pass), `net_2` (optionally zero-initialised)."""
 
     inner_features: int
     out_zero_init: bool = False
@@ -212,7 +213,7 @@ class FeedForward(ComputeModule):
     @nn.compact
     def __call__(self, x):
         h = Linear(self.inner_features, ("embed", "mlp"), name="net_0", **self.kw)(x)
-        h = jax.nn.gelu(h, approximate=True)
+        h = gelu_tanh(h)
         return Linear(x.shape[-1], ("mlp", "embed"), kernel_init=output_init(self.out_zero_init),
                       name="net_2", **self.kw)(h)
 

@@ -52,6 +52,9 @@ class CogVideoXDiTConfig:
                                        # key block (0: attention_chunk)
     conditioning: str = "motion_attention"   # motion_attention (released) | isa
     isa: ISA.ISASettings = ISA.ISASettings()
+    scan_unroll: int = 1               # layer groups per scan step (>= groups: no loop, no
+                                       # stacked residuals; faster at a few layers, compile
+                                       # time then grows with depth)
 
     def __post_init__(self):
         shape = self.uncond_motion_shape

@@ -111,6 +111,9 @@ class MVDiTCogVideoX(nn.Module):
         attention on `motion_mm`; `motion_every`, the motion PE switches and the unconditional
         tokens are then unused).
       isa: the `ISASettings` of the ISA path (None: defaults).
+      scan_unroll: layer groups per step of the layer scan (1: compile time flat in depth; the
+        number of groups or more: a straight-line program without the stacked per-layer
+        residuals, faster for a few layers).
     """
 
     num_layers: int = 42
@@ -143,6 +146,7 @@ class MVDiTCogVideoX(nn.Module):
     attention_implementation: str | AttentionKernel | None = None
     conditioning: str = "motion_attention"
     isa: ISA.ISASettings | None = None
+    scan_unroll: int = 1
 
     @property
     def uses_isa(self) -> bool:
@@ -177,6 +181,11 @@ class MVDiTCogVideoX(nn.Module):
         if self.head_dim % 16:
             raise ValueError(f"head_dim must be a multiple of 16, got {self.head_dim}")
         remat_policy(self.remat)  # raises on an unknown policy name
+
+    def _unroll(self, groups: int) -> int:
+        if self.scan_unroll < 1:
+            raise ValueError(f"scan_unroll must be >= 1, got {self.scan_unroll}")
+        return min(self.scan_unroll, groups)
 
     # ------------------------------------------------------------------------------------------
     # RoPE tables (host-side numpy, float32; constants of the traced program)
@@ -313,6 +322,7 @@ class MVDiTCogVideoX(nn.Module):
             group = nn.remat(group, policy=policy, prevent_cse=False)
         stack = nn.scan(group, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,) * 5, length=self.num_layers // group_size,
+                        unroll=self._unroll(self.num_layers // group_size),
                         metadata_params={nn.PARTITION_NAME: "layers"})
         tokens, _ = stack(self._spec(), group_size, self.motion_every > 0, name="blocks")(
             tokens, emb_act, motion, *tables)
@@ -335,6 +345,7 @@ class MVDiTCogVideoX(nn.Module):
             group = nn.remat(group, policy=policy, prevent_cse=False)
         stack = nn.scan(group, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast,) * 6, length=self.num_layers // settings.every,
+                        unroll=self._unroll(self.num_layers // settings.every),
                         metadata_params={nn.PARTITION_NAME: "layers"})
         (tokens, _), _ = stack(self._spec(), settings.every, False, settings, tuple(grid),
                                name="blocks")((tokens, point_tokens), emb_act, None, vision,

@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtvjax.models.layers.activations import gelu_tanh
 from mtvjax.models.layers.attention import AttentionKernel, dot_product_attention
 from mtvjax.models.layers.dtypes import remat_policy
 from mtvjax.models.layers.norms import LayerNorm, RMSNorm, layer_norm_f32
@@ -292,7 +293,7 @@ class WanBlock(nn.Module):
         h = (layer_norm_f32(x, cfg.eps) * (1 + scale_ff) + shift_ff).astype(dtype)
         dkw = dict(dtype=dtype, param_dtype=pdt, precision=cfg.precision)
         h = dense(cfg.ffn_dim, "ffn_0", ("embed", "mlp"), **dkw)(h)
-        h = dense(width, "ffn_2", ("mlp", "embed"), **dkw)(nn.gelu(h, approximate=True))
+        h = dense(width, "ffn_2", ("mlp", "embed"), **dkw)(gelu_tanh(h))
         x = shard_video((x.astype(f32) + h.astype(f32) * gate_ff).astype(dtype))
         return (x if point_tokens is None else (x, point_tokens)), None
 
