@@ -321,7 +321,7 @@ def test_learnable_embedding_init_axes_and_limit():
     assert tuple(axes[("motion_pos_embed", "joint_embed")]) == ("motion_joints", "embed")
     assert tuple(axes[("motion_pos_embed", "frame_embed")]) == ("motion_frames", "embed")
     spec = logical_to_spec(("motion_frames", "embed"), config.sharding_rules)
-    assert tuple(spec) == (None, "fsdp")
+    assert tuple(spec) == (None, ("fsdp", "context"))
     wan = traverse_util.flatten_dict(W.param_logical_axes(_tiny17b(motion_pe="learnable")))
     assert tuple(wan[("motion_pos_embed", "joint_embed")]) == ("motion_joints", "embed")
     config.optim.trainable = "motion"
