@@ -1,5 +1,5 @@
-"""The speed paths of the MV-DiT step: the custom-backward softmax attention kernel and tanh-GELU
-equal the plain maths (values and gradients), `scan_unroll` leaves parameters and outputs
+"""The speed paths of the MV-DiT step: the custom-backward softmax attention kernel, tanh-GELU
+and LayerNorm equal the plain maths (values and gradients), `scan_unroll` leaves parameters and outputs
 unchanged, and the bench profiler reads op times and HLO metadata at a tiny size."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from mtvjax.bench import mvdit_profile as P
 from mtvjax.models.layers.activations import gelu_tanh
 from mtvjax.models.layers.attention import dot_product_attention
+from mtvjax.models.layers.norms import layer_norm_f32
 from mtvjax.models.layers.softmax_attention import softmax_attention
 from mtvjax.models.mvdit.cogvideox import model as mv
 
@@ -69,6 +70,26 @@ def test_gelu_tanh_matches_jax_gelu():
     want = jax.grad(lambda x: jnp.sum(jnp.sin(x) * jax.nn.gelu(x, approximate=True)))(x)
     # Both float32 forms cancel in 1 + tanh for x < -4: each is ~4e-6 off the float64 value.
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layer_norm_backward_matches_autodiff(dtype):
+    """`layer_norm_f32`'s hand-written backward (saved output and 1/σ) equals autodiff of the
+    plain formula, through the float32 cast of a bf16 input too."""
+    def plain(x, eps=1e-6):
+        xf = x.astype(jnp.float32)
+        mean = xf.mean(-1, keepdims=True)
+        return (xf - mean) * jax.lax.rsqrt(jnp.square(xf - mean).mean(-1, keepdims=True) + eps)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(2.0, 3.0, size=(2, 7, 48)), dtype)
+    g = jnp.asarray(rng.normal(size=(2, 7, 48)), jnp.float32)
+    out, vjp = jax.vjp(layer_norm_f32, x)
+    want, want_vjp = jax.vjp(plain, x)
+    assert rel_err(out, want) < 1e-6
+    got_grad, want_grad = vjp(g)[0], want_vjp(g)[0]
+    assert got_grad.dtype == dtype
+    assert rel_err(got_grad.astype(jnp.float32), want_grad.astype(jnp.float32)) < (
+        1e-5 if dtype == jnp.float32 else 1e-2)
 
 
 def _tiny(**fields):

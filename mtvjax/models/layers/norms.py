@@ -29,11 +29,29 @@ def _float32_or_wider(x):
 
 def layer_norm_f32(x, epsilon: float = 1e-6):
     """Non-affine LayerNorm over the last axis in float32 (population variance); returns
-    float32."""
-    xf = _float32_or_wider(x)
+    float32. Its backward pass reads the saved output and 1/σ (`_normalize`)."""
+    return _normalize(_float32_or_wider(x), epsilon)
+
+
+def _normalize_fwd(xf, epsilon):
     mean = xf.mean(axis=-1, keepdims=True)
-    var = jnp.square(xf - mean).mean(axis=-1, keepdims=True)
-    return (xf - mean) * jax.lax.rsqrt(var + epsilon)
+    rstd = jax.lax.rsqrt(jnp.square(xf - mean).mean(axis=-1, keepdims=True) + epsilon)
+    y = (xf - mean) * rstd
+    return y, (y, rstd)
+
+
+def _normalize_bwd(epsilon, residuals, g):
+    """dx = (g − mean(g) − y·mean(g·y)) / σ: no statistics recomputed from x, so XLA does not
+    fuse the reductions into the consumers of the normalised activations."""
+    y, rstd = residuals
+    return (rstd * (g - g.mean(axis=-1, keepdims=True)
+                    - y * (g * y).mean(axis=-1, keepdims=True)),)
+
+
+_normalize = jax.custom_vjp(lambda xf, epsilon: _normalize_fwd(xf, epsilon)[0],
+                            nondiff_argnums=(1,))
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
 
 
 def _param(module: nn.Module, name: str, init: Callable, shape: tuple, axes: LogicalAxes):
