@@ -149,8 +149,9 @@ def sample_figures(s: Scenario, config) -> dict:
     from mtvjax.models.mvdit import registry
     from mtvjax.parallel.mesh import make_mesh
     from mtvjax.parallel.sharding import param_shardings, replicated
-    from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel,
-                                               check_mesh_heads, compute_dtype, recipe_sampling)
+    from mtvjax.parallel.context_attention import check_heads
+    from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel, compute_dtype,
+                                               recipe_sampling)
 
     model_config = load_config(f"{CONFIGS / 'mvdit.py'}:{s.model or config.variant}")
     _override(model_config, [(k, v) for k, v in s.overrides if k.startswith("model.")])
@@ -165,7 +166,7 @@ def sample_figures(s: Scenario, config) -> dict:
     model = fam.build_model(model_config, config.dtype)
     mesh = make_mesh(dict(config.mesh), jax.devices()[:s.devices])
     rules = tuple(tuple(r) for r in config.sharding_rules)
-    check_mesh_heads(model_config.model.num_heads, mesh, rules)
+    check_heads(model_config.model.num_heads, dict(mesh.shape), rules)
     shapes = fam.abstract_params(model_config)
     shardings = param_shardings(fam.logical_axes(model_config), shapes, mesh, rules)
     params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(

@@ -19,7 +19,8 @@ from mtvjax.data.skeleton import NUM_JOINTS
 from mtvjax.models.mvdit.cogvideox.convert import restore_mvdit7b
 from mtvjax.models.mvdit.cogvideox.reference import reference_latents
 from mtvjax.models.vae.cogvideox.convert import restore_vae_cogvideox
-from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel, check_mesh_heads,
+from mtvjax.parallel.context_attention import check_heads
+from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel,
                                            compute_dtype, inference_mesh, motion_args,
                                            recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_7b
@@ -38,7 +39,7 @@ class CogVideoXAnimator:
         _, self.model, self.params = restore_mvdit7b(config.checkpoints.mvdit, params_dtype=dtype,
                                                      mesh=mesh, rules=rules, dtype=dtype,
                                                      attention_implementation=kernel)
-        check_mesh_heads(self.model.num_heads, mesh, rules)
+        check_heads(self.model.num_heads, dict(mesh.shape), rules)
         _, self.vae, self.vae_params = restore_vae_cogvideox(config.checkpoints.vae,
                                                              dtype=config.vae.dtype)
         self.tiling = bool(config.vae.tiling)

@@ -8,9 +8,11 @@ config's `sampling` section. `inference_mesh` reads the config's `mesh` and `sha
 with which the animators restore the MV-DiT's parameters sharded (FSDP / tensor); `SamplingRuns`
 places the other inputs on that mesh (replicated) and traces the loop under
 `activation_sharding`, so the compiled loop runs with the parameters' shardings and splits the
-video tokens over a `context` axis (`mtvjax.parallel.context_attention`), and keeps one ahead-of-time compiled sampling loop per input signature (the first
-window, and later windows with their pinned overlap latents), reports compile and sampling
-seconds separately, and drives a progress bar from the loop's step callback.
+video tokens over a `context` axis (`mtvjax.parallel.context_attention`); it keeps one
+ahead-of-time compiled sampling loop per input signature (the first window, and later windows
+with their pinned overlap latents), reports compile and sampling seconds separately, and drives
+a progress bar from the loop's step callback. `attention_kernel` reads the config's
+`model.attention` choice.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from mtvjax.diffusion import samplers
 from mtvjax.models.layers.attention import AttentionKernel, available_attention_implementations
 from mtvjax.models.layers.dtypes import DTYPES
 from mtvjax.models.mvdit import registry
-from mtvjax.parallel.context_attention import check_heads
 from mtvjax.parallel.mesh import make_mesh
 from mtvjax.parallel.sharding import activation_sharding, replicated
 from mtvjax.sample import guidance as G
@@ -54,11 +55,6 @@ def inference_mesh(config) -> tuple[Mesh, tuple]:
     """(mesh of `config.mesh`, `config.sharding_rules`): where an animator's MV-DiT lives; its
     parameters are restored straight into these shardings (FSDP / tensor)."""
     return make_mesh(dict(config.mesh)), tuple(tuple(r) for r in config.sharding_rules)
-
-
-def check_mesh_heads(num_heads: int, mesh: Mesh, rules) -> None:
-    """Refuses a `context` (× tensor) size that does not divide the model's attention heads."""
-    check_heads(num_heads, dict(mesh.shape), rules)
 
 
 def on_mesh(tree, mesh: Mesh):

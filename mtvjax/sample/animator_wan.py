@@ -29,7 +29,8 @@ from mtvjax.models.mvdit.wan import model as mvdit_wan
 from mtvjax.models.mvdit.wan.reference import (MASK_CHANNELS, clip_features,
                                                image_condition)
 from mtvjax.models.vae.wan import model as vae_wan
-from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel, check_mesh_heads,
+from mtvjax.parallel.context_attention import check_heads
+from mtvjax.sample.animator_common import (SamplingRuns, attention_kernel,
                                            compute_dtype, inference_mesh, motion_args,
                                            recipe_sampling)
 from mtvjax.sample.mvdit_generate import denoise_17b
@@ -81,7 +82,7 @@ class WanAnimator:
         mesh, rules = inference_mesh(config)
         model_config, self.params = convert_mvdit17b.load_converted(c.mvdit, dtype=dtype,
                                                                     mesh=mesh, rules=rules)
-        check_mesh_heads(model_config.num_heads, mesh, rules)
+        check_heads(model_config.num_heads, dict(mesh.shape), rules)
         self.model = mvdit_wan.MVDiTWan(dataclasses.replace(
             model_config, dtype=config.dtype, attention=kernel.name, attention_chunk=kernel.chunk,
             attention_kv_chunk=kernel.kv_chunk))
