@@ -141,6 +141,14 @@ def test_parity_with_torch_reference(released, converted):
     assert converted["summary"]["source_format"] == "mvdit7b"
 
 
+def test_reference_sdpa_switch_is_the_same_maths(released, monkeypatch):
+    """The speed checks' PyTorch SDPA path (`USE_SDPA`) computes the reference's attention."""
+    x = inputs()
+    want = torch_forward(released["model"], x, released["config"])
+    monkeypatch.setattr(ref, "USE_SDPA", True)
+    assert rel_err(torch_forward(released["model"], x, released["config"]), want) < 1e-5
+
+
 @pytest.mark.parametrize("kernel", ["xla", "softmax", "chunked", "splash"])
 def test_parity_with_torch_reference_per_attention_kernel(released, converted, kernel):
     """The memory-bounded kernels reproduce the release too (splash: Pallas interpret mode)."""

@@ -78,6 +78,9 @@ def rotate(x, table):
 # ----------------------------------------------------------------------------------------------
 
 
+USE_SDPA = False   # True: attention by torch's scaled_dot_product_attention (same maths)
+
+
 class Attn(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int = 64, v_norm: bool = False):
         super().__init__()
@@ -101,8 +104,12 @@ class Attn(nn.Module):
         if hasattr(self, "norm_v"):
             v = self.norm_v(v)
         q, k = rotate(q, q_rope), rotate(k, k_rope)
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-        out = (att @ v).transpose(1, 2).reshape(b, x.shape[1], -1)
+        if USE_SDPA:    # the fused kernel (flash / memory-efficient on CUDA): speed checks
+            out = F.scaled_dot_product_attention(q, k, v.to(q.dtype))
+        else:
+            att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+            out = att @ v
+        out = out.transpose(1, 2).reshape(b, x.shape[1], -1)
         return self.to_out[1](self.to_out[0](out))
 
 

@@ -3,6 +3,7 @@ attention kernel. Not part of CI; run it whenever such a machine is at hand:
 
     python -m mtvjax.bench.device_check [--config configs/mvdit.py:7b] [--frames 49] \
         [--height 512] [--width 512] [--attention cudnn,chunked,xla] [--steps 5] [--layers 0]
+        [--torch]
 
 Each kernel runs in its own process (so one that runs out of memory does not end the check, and
 each peak is its own): it builds the trainer's state on the local devices with the config's mesh
@@ -17,6 +18,10 @@ steps on a random batch and prints one row:
   MFU           TFLOP / step s / the device's peak dense bf16 TFLOP/s (`PEAK_TFLOPS` by device
                 kind, or `--peak-tflops`);
   peak GiB      the device's `peak_bytes_in_use` (largest over local devices).
+
+`--torch` adds a row for the repository's PyTorch 7B reference at the same size and depth (bf16
+autocast and `scaled_dot_product_attention` on CUDA; float32 on CPU), AdamW, its MFU from the
+first JAX row's FLOP count and `torch.cuda.max_memory_allocated`.
 
 `--layers 0` keeps the config's depth when its parameters and AdamW state (16 bytes per trained
 parameter, 4 per frozen one) fit in 45 % of one device's memory per device of the mesh, else it
@@ -170,6 +175,65 @@ def run_one(args) -> dict:
             "peak_gib": peak / GiB, "loss": float(metrics["loss"])}
 
 
+def run_torch(args) -> dict:
+    """The repository's PyTorch 7B reference (`tests/torch_reference_mvdit7b.py`) at the same
+    size and depth: bf16 autocast and SDPA on CUDA (float32 on CPU), AdamW, MSE to zeros;
+    MFU from the JAX row's FLOP count (`--torch-tflop`)."""
+    import numpy as np
+    import torch
+
+    from mtvjax.bench.common import torch_reference
+    from mtvjax.config import load_config
+    from mtvjax.data.latent_records import latent_frames_for
+    ref = torch_reference("torch_reference_mvdit7b")
+    config = load_config(args.config)
+    if ref is None or config.model.get("family", "cogvideox") != "cogvideox":
+        raise RuntimeError("the PyTorch row needs torch, tests/ and a 7B-family config")
+    ref.USE_SDPA = True
+    m, f = config.model, latent_frames_for(args.frames)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    width = m.num_heads * m.head_dim
+    model = ref.ReferenceMVDiT7B(num_layers=args.layers, heads=m.num_heads, head_dim=m.head_dim,
+                                 time_embed_dim=m.time_embed_dim, text_embed_dim=m.text_embed_dim,
+                                 patch=m.patch_size, uncond_shape=(f * 24, width)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, betas=(0.9, 0.99),
+                                  weight_decay=1e-2)
+    b, h, w = args.batch, args.height // 8, args.width // 8
+    hs = torch.randn(b, f, 32, h, w, device=device)
+    motion = torch.randn(b, f * 24, width, device=device)
+    t = torch.full((b,), 500, device=device, dtype=torch.long)
+    p = m.patch_size
+    vis = tuple(x.to(device) for x in ref.vision_rope(f, h // p, w // p, m.head_dim))
+    mot = tuple(x.to(device) for x in ref.motion_rope(f, np.zeros((24, 3), np.float32),
+                                                        m.head_dim))
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = (model(hs, t, motion, vis, mot) ** 2).float().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+
+    times = []
+    for _ in range(args.steps + 1):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times[1:]))
+    kind = torch.cuda.get_device_name() if cuda else "cpu"
+    tflops = args.peak_tflops or peak_tflops(kind)
+    return {"kernel": "torch sdpa" + (" bf16" if cuda else " f32"), "device": kind,
+            "devices": 1, "layers": args.layers,
+            "full_layers": int(config.model.num_layers), "step_s": step_s,
+            "tflop": args.torch_tflop, "compile_s": 0.0,
+            "mfu": (args.torch_tflop * 1e12 / step_s / (tflops * 1e12))
+            if tflops and args.torch_tflop else None,
+            "peak_gib": (torch.cuda.max_memory_allocated() if cuda else 0) / GiB}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=f"{REPO / 'configs' / 'mvdit.py'}:7b")
@@ -181,17 +245,31 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--layers", type=int, default=0, help="0: the config's, if it fits")
     parser.add_argument("--peak-tflops", type=float, default=0.0)
+    parser.add_argument("--torch", action="store_true",
+                        help="add the PyTorch reference (7B: bf16 autocast + SDPA on CUDA) at "
+                             "the depth of the first JAX row, one device")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-tflop", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        run = run_torch if args.one == "torch" else run_one
+        print("RESULT " + json.dumps(run(args)), flush=True)
         return
     print(f"{args.config}: {args.frames} frames {args.height}x{args.width}, batch "
           f"{args.batch}/device, {args.steps} timed steps", flush=True)
     rows = []
-    for kernel in args.attention.split(","):
-        cmd = [sys.executable, "-m", "mtvjax.bench.device_check", "--one", kernel,
-               *(argv if argv is not None else sys.argv[1:])]
+    given = list(argv if argv is not None else sys.argv[1:])
+    for kernel in args.attention.split(",") + (["torch"] if args.torch else []):
+        extra = []
+        done = [r for r in rows if "error" not in r]
+        if kernel == "torch":
+            if not done:
+                rows.append({"kernel": "torch", "error": "no JAX row to match its depth"})
+                continue
+            extra = ["--layers", str(done[0]["layers"]), "--torch-tflop",
+                     str(done[0]["tflop"])]
+        cmd = [sys.executable, "-m", "mtvjax.bench.device_check", "--one", kernel, *given,
+               *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not lines:
