@@ -31,3 +31,11 @@ def _config(variant, checkpoint_set, **fields):
         else:
             config[node] = value
     return config
+
+
+def write_random_sets(root) -> dict:
+    """Tiny random checkpoint sets of both families under `root` (the 17B without umT5)."""
+    from mtvjax.tools import random_checkpoints
+    return {"7b": random_checkpoints.write_set(str(root / "7b"), "cogvideox", WINDOW),
+            "17b": random_checkpoints.write_set(str(root / "17b"), "wan", WINDOW,
+                                                text_encoder=False)}

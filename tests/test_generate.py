@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animate_helpers import WINDOW
+from animate_helpers import WINDOW, write_random_sets
 from conftest import REPO_ROOT, load_config
 from mtvjax.data.synthetic_motion import SyntheticMotionSource
 from mtvjax.sample import reference_image as RI
 from mtvjax.sample.benchmark_entries import check_entries, read_entries
 from mtvjax.sample.generate import generate
-from mtvjax.tools import random_checkpoints
 from mtvjax.viz.skeleton_video import read_video_frames, write_video
 
 CONFIG = f"{REPO_ROOT / 'configs' / 'generate.py'}"
@@ -39,10 +38,7 @@ ENTRIES = [  # a_again repeats a (same seed); b and d take their reference from 
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sets")
-    return {"7b": random_checkpoints.write_set(str(root / "7b"), "cogvideox", WINDOW),
-            "17b": random_checkpoints.write_set(str(root / "17b"), "wan", WINDOW,
-                                                text_encoder=False)}
+    return write_random_sets(tmp_path_factory.mktemp("sets"))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from animate_helpers import WINDOW, _config
+from animate_helpers import WINDOW, _config, write_random_sets
 from conftest import REPO_ROOT, simulated_devices_env
 from mtvjax.checkpoint.conversion import slot_of
 from mtvjax.checkpoint.manager import read_config, stored_arrays
@@ -261,10 +261,7 @@ def sample_latents(family, checkpoint_set, mesh=None, attention=None):
 
 @pytest.fixture(scope="module")
 def animate_sets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sets")
-    return {"7b": random_checkpoints.write_set(str(root / "7b"), "cogvideox", WINDOW),
-            "17b": random_checkpoints.write_set(str(root / "17b"), "wan", WINDOW,
-                                                text_encoder=False)}
+    return write_random_sets(tmp_path_factory.mktemp("sets"))
 
 
 def test_animators_sample_the_same_latents_on_eight_devices(animate_sets, tmp_path):

@@ -154,7 +154,8 @@ def sample_figures(s: Scenario, config) -> dict:
                                                recipe_sampling)
 
     model_config = load_config(f"{CONFIGS / 'mvdit.py'}:{s.model or config.variant}")
-    _override(model_config, [(k, v) for k, v in s.overrides if k.startswith("model.")])
+    model_config.update_from_flattened_dict({k: v for k, v in s.overrides
+                                             if k.startswith("model.")})
     fam = registry.of(model_config)
     kernel = attention_kernel(config)                   # the animate config's, as animators do
     model_config.model.update({fam.ATTENTION_FIELD: kernel.name,
@@ -185,20 +186,11 @@ def sample_figures(s: Scenario, config) -> dict:
     return _figures(compiled, shard_bytes(params), {"mesh": dict(mesh.shape)})
 
 
-def _override(config, items) -> None:
-    for key, value in items:
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-
-
 def run(s: Scenario) -> dict:
     from mtvjax.config import load_config
     config = load_config(str(CONFIGS / s.config))
-    _override(config, [(k, v) for k, v in s.overrides
-                       if s.kind == "train" or not k.startswith("model.")])
+    config.update_from_flattened_dict({k: v for k, v in s.overrides
+                                       if s.kind == "train" or not k.startswith("model.")})
     start = time.perf_counter()
     figures = (train_figures if s.kind == "train" else sample_figures)(s, config)
     return {**figures, "seconds": time.perf_counter() - start}

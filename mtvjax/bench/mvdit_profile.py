@@ -1,6 +1,6 @@
 """Where a compiled step spends its time: a per-op profile table and HLO op counts.
 
-Used by `python -m mtvjax.bench.mvdit --profile`. `profile_ops` runs a compiled function under
+Used by `python -m mtvjax.bench.mvdit --profile`. `trace_op_seconds` runs a compiled function under
 `jax.profiler.trace(create_perfetto_trace=True)` and sums, per HLO instruction, the durations of
 the runtime's per-op events (XLA:CPU's thunk executor tags each with `hlo_op` / `hlo_module`).
 `op_metadata` reads each instruction's opcode and `op_name` metadata from `compiled.as_text()`,
@@ -82,22 +82,20 @@ def short_path(op_name: str) -> str:
     return "/".join(parts)
 
 
-def trace_op_seconds(run: Callable[[], None], calls: int, module_name: str | None = None,
-                     log_dir: str | None = None) -> dict[str, float]:
+def trace_op_seconds(run: Callable[[], None], calls: int) -> dict[str, float]:
     """Per-call seconds of each HLO instruction over `calls` calls of `run()` (which must block
-    until its results are ready), from a profiler trace; `module_name` keeps one module's ops."""
-    log_dir = log_dir or tempfile.mkdtemp(prefix="mtvjax_profile_")
-    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
-        for _ in range(calls):
-            run()
-    paths = glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-    if not paths:
-        raise FileNotFoundError(f"{log_dir}: the profiler wrote no perfetto_trace.json.gz")
-    return op_seconds_from_trace(max(paths, key=os.path.getmtime), calls, module_name)
+    until its results are ready), from a profiler trace in a temporary folder."""
+    with tempfile.TemporaryDirectory(prefix="mtvjax_profile_") as log_dir:
+        with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+            for _ in range(calls):
+                run()
+        paths = glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+        if not paths:
+            raise FileNotFoundError(f"{log_dir}: the profiler wrote no perfetto_trace.json.gz")
+        return op_seconds_from_trace(max(paths, key=os.path.getmtime), calls)
 
 
-def op_seconds_from_trace(path: str, calls: int, module_name: str | None = None
-                          ) -> dict[str, float]:
+def op_seconds_from_trace(path: str, calls: int) -> dict[str, float]:
     """Per-call seconds of each `hlo_op` in a perfetto (Chrome JSON) trace file."""
     with gzip.open(path, "rt") as f:
         trace = json.load(f)
@@ -105,11 +103,8 @@ def op_seconds_from_trace(path: str, calls: int, module_name: str | None = None
     seconds = collections.Counter()
     for event in events:
         args = event.get("args") or {}
-        if event.get("ph") != "X" or "hlo_op" not in args:
-            continue
-        if module_name is not None and args.get("hlo_module") != module_name:
-            continue
-        seconds[args["hlo_op"]] += event.get("dur", 0.0) * 1e-6 / calls
+        if event.get("ph") == "X" and "hlo_op" in args:
+            seconds[args["hlo_op"]] += event.get("dur", 0.0) * 1e-6 / calls
     return dict(seconds)
 
 
