@@ -7,7 +7,8 @@ Every command (`mtvjax SUBCOMMAND`, `python -m data_pipeline.build|latents`,
 * flags are parsed here (not by `absl.app`), so a bad flag or config override is one line;
 * library logging below WARNING stays off unless `--verbose` (or `MTVJAX_VERBOSE=1`);
 * an expected failure (`mtvjax.errors.classify`) prints `PROG: message` and exits non-zero;
-  with `--verbose` the traceback comes first. Other exceptions keep their traceback.
+  with `--verbose` the traceback comes first. Other exceptions keep their traceback;
+* freed host memory is kept for reuse (`mtvjax.host_memory`), before anything computes.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import textwrap
 import traceback
 
 from mtvjax.errors import EXIT_USAGE, UsageError, classify, one_line
+from mtvjax.host_memory import keep_freed_host_memory
 
 VERBOSE_ENV = "MTVJAX_VERBOSE"
 VERBOSE_FLAGS = ("--verbose", "-verbose")
@@ -105,6 +107,7 @@ def _check_config_loaded(flag) -> None:
 def run_command(main, argv: list[str], prog: str, doc: str = "") -> None:
     """Parses flags in `argv` (argv[0] is the program), runs `main(positional)`, reports errors."""
     argv, verbose = split_verbose(list(argv))
+    keep_freed_host_memory()
     try:
         if any(a in HELP_FLAGS for a in argv[1:]):
             from absl import flags

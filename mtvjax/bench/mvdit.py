@@ -30,6 +30,7 @@ import optax
 from mtvjax.bench import mvdit_profile
 from mtvjax.bench.common import REPO, torch_reference
 from mtvjax.config import load_config
+from mtvjax.host_memory import ENV as HOST_MEMORY_ENV, keep_freed_host_memory
 from mtvjax.models.mvdit.cogvideox import model as mv
 from mtvjax.models.mvdit.wan import config as wan_config
 from mtvjax.models.mvdit.wan import model as wan
@@ -264,10 +265,12 @@ def profile(family: str, attention, calls: int, top: int) -> None:
     (_, run_step, _, compiled) = FAMILY_CALLS[family](attention, with_torch=False)[0]
     for _ in range(2):
         run_step()
+    costs = mvdit_profile.host_costs(run_step, calls)
     seconds = mvdit_profile.trace_op_seconds(run_step, calls)
     text = compiled.as_text()
     rows = mvdit_profile.op_table(seconds, mvdit_profile.op_metadata(text))
     print(f"{family} mid-size train step, profile over {calls} steps:")
+    print(mvdit_profile.host_cost_line(costs, compiled.memory_analysis().temp_size_in_bytes))
     print("\n".join(mvdit_profile.summary_lines(rows, mvdit_profile.hlo_counts(text), top)))
 
 
@@ -282,9 +285,12 @@ def main():
                              "instead of timing")
     parser.add_argument("--top", type=int, default=25, help="ops listed by --profile")
     args = parser.parse_args()
+    kept = keep_freed_host_memory()
     print(f"MV-DiT mid size: batch {BATCH}, {FRAMES} latent frames of {HEIGHT}x{WIDTH}, "
           f"{LAYERS} layers, width 512, float32; {jax.devices()[0].platform}, jax "
-          f"{jax.__version__}, attention {args.attention or 'auto'}")
+          f"{jax.__version__}, attention {args.attention or 'auto'}; freed host memory "
+          + ("kept (mtvjax.host_memory)" if kept else f"returned to the OS ({HOST_MEMORY_ENV}=0 "
+                                                       "or not glibc)"))
     if args.profile:
         profile(args.profile, args.attention, args.repeats, args.top)
         return

@@ -7,6 +7,11 @@ the runtime's per-op events (XLA:CPU's thunk executor tags each with `hlo_op` / 
 which names the model path and the pass: `transpose(jvp(...))` is the backward pass, `jvp(...)`
 the forward, anything else (the optimizer update, the loss) "other". Ops can run concurrently on
 the thread pool, so shares are of the summed op time, not of the wall time.
+
+`host_costs` measures what the op table cannot show: the process's wall, user and kernel time
+and its minor page faults per call (`getrusage`). Kernel time with ~one fault per 4 KiB of the
+step's temporary buffer means the buffer is handed back to the OS and faulted in again every
+call (see `mtvjax.host_memory`).
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import gzip
 import json
 import os
 import re
+import resource
 import tempfile
+import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -34,6 +41,33 @@ class OpTime(NamedTuple):
     where: str          # model path from the metadata, shortened
     seconds: float      # per call
     share: float        # of the summed op time
+
+
+class HostCosts(NamedTuple):
+    """Per-call process costs."""
+    wall: float         # seconds
+    user: float         # CPU seconds in user mode, all threads
+    system: float       # CPU seconds in the kernel, all threads
+    minor_faults: float
+
+
+def host_costs(run: Callable[[], None], calls: int) -> HostCosts:
+    """Wall/user/kernel seconds and minor page faults per call of `run()` (blocking)."""
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(calls):
+        run()
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return HostCosts(wall / calls, (after.ru_utime - before.ru_utime) / calls,
+                     (after.ru_stime - before.ru_stime) / calls,
+                     (after.ru_minflt - before.ru_minflt) / calls)
+
+
+def host_cost_line(costs: HostCosts, temp_bytes: int | None = None) -> str:
+    line = (f"  per step: wall {costs.wall * 1e3:.0f} ms, CPU user {costs.user * 1e3:.0f} ms, "
+            f"kernel {costs.system * 1e3:.0f} ms, {costs.minor_faults:.0f} minor page faults")
+    if temp_bytes:
+        line += f" (temporary buffer {temp_bytes / 2**20:.0f} MiB = {temp_bytes // 4096} pages)"
+    return line
 
 
 def op_metadata(hlo_text: str) -> dict[str, tuple[str, str]]:

@@ -25,6 +25,7 @@ from mtvjax.config import load_config
 from mtvjax.data.loader import make_batches
 from mtvjax.data.stats import compute_stats
 from mtvjax.data.synthetic_motion import SyntheticMotionSource
+from mtvjax.host_memory import keep_freed_host_memory
 from mtvjax.train.fourdmot_trainer import FourDMoTTrainer
 
 def matmul_peak_gflops(sizes=(1024, 2048, 4096), repeats: int = 15) -> tuple[float, float]:
@@ -115,6 +116,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
+    kept = keep_freed_host_memory()
 
     config = load_config(f"{REPO / 'configs' / '4dmot.py'}:{args.variant}")
     config.mesh = {"data": 1}
@@ -130,7 +132,8 @@ def main():
     model_gflop = lax["train_step_gflop"]
     achieved = model_gflop / jx["train_step_s"]
     print(f"4DMoT `{args.variant}`, batch {args.batch} x {args.frames} frames, "
-          f"{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}")
+          f"{jax.device_count()} {jax.devices()[0].platform} device(s), jax {jax.__version__}, "
+          f"freed host memory {'kept' if kept else 'returned to the OS'}")
     rows = [("JAX train step", f"{jx['train_samples_per_s']:.2f} samples/s",
              f"{jx['train_step_s']:.2f} s/step"),
             ("JAX inference", f"{jx['infer_clips_per_s']:.2f} clips/s", ""),
