@@ -46,7 +46,14 @@ def _joint_columns(x: jnp.ndarray, kw: int, dilation: int) -> jnp.ndarray:
 def _joint_products(x: jnp.ndarray, kernel: jnp.ndarray, dilation: int) -> jnp.ndarray:
     """Joint convolution of `x [..., J, in]` with `kernel [kw, in, out]`, one product per tap."""
     offsets = _tap_offsets(kernel.shape[0], dilation)
-    return sum(_shift(_rows_matmul(x, kernel[i]), x.ndim - 2, o) for i, o in enumerate(offsets))
+    return sum(_shift(_rows_matmul(x, tap), x.ndim - 2, o)
+               for tap, o in zip(_taps(kernel), offsets))
+
+
+def _taps(kernel: jnp.ndarray) -> list[jnp.ndarray]:
+    """`kernel[i]` for every i along the first axis, by one split: its gradient is then one
+    concatenation rather than a zero-padded full-size kernel per tap, summed."""
+    return [tap[0] for tap in jnp.split(kernel, kernel.shape[0])]
 
 
 def _rows_matmul(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
@@ -64,13 +71,13 @@ def window_conv(x: jnp.ndarray, kernel: jnp.ndarray, dilation: int) -> jnp.ndarr
     if columns:
         x = _joint_columns(x, kw, dilation)
     frames, y = x.shape[1], 0
-    for i, offset in enumerate(_tap_offsets(kh, dilation)):
+    for tap, offset in zip(_taps(kernel), _tap_offsets(kh, dilation)):
         lo, hi = max(0, -offset), frames - max(0, offset)  # output frames this tap reaches
         if lo >= hi:
             continue
         reached = x[:, lo + offset:hi + offset]
-        z = (_rows_matmul(reached, kernel[i].reshape(kw * c_in, c_out)) if columns
-             else _joint_products(reached, kernel[i], dilation))
+        z = (_rows_matmul(reached, tap.reshape(kw * c_in, c_out)) if columns
+             else _joint_products(reached, tap, dilation))
         y = y + jnp.pad(z, ((0, 0), (lo, frames - hi), (0, 0), (0, 0)))
     return y
 
