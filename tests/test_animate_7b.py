@@ -18,8 +18,7 @@ def set7b(tmp_path_factory):
 
 
 def test_7b_animates_a_real_clip_into_an_mp4_its_seed_fixes(set7b, animate_inputs,
-                                                              mtvcrafter_sample,
-                                                              tmp_path):
+                                                           mtvcrafter_sample, tmp_path):
     motion = mtvcrafter_sample / "sampled_data.pkl"
 
     def run_cli(out):
